@@ -1,0 +1,17 @@
+# syntax=docker/dockerfile:1
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/postern ./cmd/postern
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/postern /usr/local/bin/postern
+COPY configs/ /etc/postern/
+VOLUME ["/var/lib/postern"]
+EXPOSE 2525 9090
+USER nonroot:nonroot
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/postern", "version"]
+ENTRYPOINT ["/usr/local/bin/postern"]
+CMD ["serve", "-config", "/etc/postern/dev.yaml"]
