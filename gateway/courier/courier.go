@@ -443,5 +443,3 @@ func (c *Courier) policyMessage(it *queue.Item) *policy.Message {
 	}
 	return m
 }
-
-
