@@ -129,6 +129,15 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 			continue
 		}
 		d := pol.Decide(ctx, msg, r.Addr, c.Checker)
+		if ctx.Err() != nil {
+			return // shutting down: an interrupted decision is not a decision
+		}
+		if err := msg.BodyErr(); err != nil {
+			// A body_regex rule could not be evaluated: deciding now could
+			// pick weaker protection than the policy requires.
+			log.Error("cannot read message for policy; deferring", "err", err)
+			return
+		}
 		r.Decided, r.Rule, r.Plan, r.Method = true, d.Rule, d.Plan, d.Method
 		r.TLSLevel, r.OnUnavailable = d.TLSLevel, d.OnUnavailable
 		rec := audit.Record{Event: "decision", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,

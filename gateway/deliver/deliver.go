@@ -278,6 +278,11 @@ func stricter(a, b string) string {
 // caller should try another host (connection-level trouble or TLS failure)
 // rather than take these results as final for this attempt.
 func session(ctx context.Context, o *Options, req *Request, host, addr, mxName string) (results []Result, retryNext bool) {
+	if !ValidLevel(req.TLSLevel) {
+		// dane and mta-sts need their validators; an unknown level is
+		// never treated as a weaker one.
+		return all(req, TLSUnavailable, "4.7.5", "TLS level "+strconvQuote(req.TLSLevel)+" cannot be checked by this build", mxName, nil), true
+	}
 	conn, err := o.dial(ctx, addr)
 	if err != nil {
 		return all(req, Temporary, "4.4.1", fmt.Sprintf("connect to %s (%s): %v", host, addr, err), mxName, nil), true
@@ -488,3 +493,5 @@ func safeName(addr string) string {
 		return '_'
 	}, addr)
 }
+
+func strconvQuote(s string) string { return strconv.Quote(s) }

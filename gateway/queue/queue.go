@@ -451,14 +451,24 @@ func (q *Queue) Items() []string {
 	return ids
 }
 
-// Kick makes every pending recipient due now (admin "flush").
+// Kick makes every pending recipient due now (admin "flush"). Items in
+// flight are left alone. The earlier NextAttempt is not persisted: after a
+// restart the booked schedule applies again.
 func (q *Queue) Kick() {
 	q.mu.Lock()
 	now := q.now()
 	for _, it := range q.items {
-		if !it.inFlight {
-			q.scheduleLocked(it, now)
+		if it.inFlight {
+			continue
 		}
+		// A Processor attempts only recipients whose NextAttempt has come,
+		// so scheduling the item alone would not make them due.
+		for _, r := range it.Rcpts {
+			if r.State == Pending && r.NextAttempt.After(now) {
+				r.NextAttempt = now
+			}
+		}
+		q.scheduleLocked(it, now)
 	}
 	q.mu.Unlock()
 	q.poke()
