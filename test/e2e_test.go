@@ -31,6 +31,7 @@ type world struct {
 	cmd     *exec.Cmd
 	logFile string
 	extra   string // extra YAML appended to the smtp section
+	mode    string // delivery mode lines; default "mode: mx"
 }
 
 const (
@@ -72,6 +73,13 @@ func (w *world) receiver(ip, name string, withTLS bool) *receiver {
 	return startReceiver(w.t, fmt.Sprintf("%s:%d", ip, w.mxPort), &cert)
 }
 
+func (w *world) modeLines() string {
+	if w.mode == "" {
+		return "mode: mx"
+	}
+	return w.mode
+}
+
 func (w *world) writeConfig() string {
 	smtpPort, adminPort := freePort(w.t), freePort(w.t)
 	w.smtp = fmt.Sprintf("127.0.0.1:%d", smtpPort)
@@ -87,7 +95,7 @@ smtp:
   max_age: 1h
   concurrency: 8
 delivery:
-  mode: mx
+  %s
   port: %d
   dns: "%s"
   tls_roots: ca.pem
@@ -99,7 +107,7 @@ admin:
 log:
   level: debug
   format: json
-`, w.smtp, w.extra, w.mxPort, w.dns.Addr, w.admin)
+`, w.smtp, w.extra, w.modeLines(), w.mxPort, w.dns.Addr, w.admin)
 	path := filepath.Join(w.dir, "postern.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
@@ -406,5 +414,35 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	out, err = w.postern("audit", "search", "-config", cfg, "-rcpt", "u1@tls.example", "-format", "csv")
 	if err != nil || strings.Count(out, "u1@tls.example") != 2 {
 		t.Fatalf("audit search csv: %v\n%s", err, out)
+	}
+}
+
+func TestRelayModeProbesRecipientTLS(t *testing.T) {
+	w := newWorld(t)
+	const ipRelay = "127.0.0.6"
+	relayPort := freePortOn(t, ipRelay)
+	relay := startReceiver(t, fmt.Sprintf("%s:%d", ipRelay, relayPort), nil)
+	w.receiver(ipTLS, "mx.tls.example", true) // probed, never sent to
+	w.receiver(ipPlain, "mx.plain.example", false)
+	w.mode = fmt.Sprintf("mode: relay\n  relay: \"%s:%d\"\n  relay_tls: none", ipRelay, relayPort)
+	w.start()
+	if out, err := w.swaks("--from", "alice@example.org", "--to", "bob@tls.example"); err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	if out, err := w.swaks("--from", "alice@example.org", "--to", "carol@plain.example"); err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	waitFor(t, 20*time.Second, "relay delivery of the verified-TLS recipient", func() bool { return len(relay.messages()) == 1 })
+	waitFor(t, 20*time.Second, "deferral of the recipient whose MX lacks STARTTLS", func() bool {
+		return w.findAudit("delivery", "carol@plain.example", "deferred") != nil
+	})
+	time.Sleep(2 * time.Second)
+	msgs := relay.messages()
+	if len(msgs) != 1 || msgs[0].Rcpts[0] != "bob@tls.example" {
+		t.Fatalf("relay got %d messages (%v); only bob@tls.example may be handed over", len(msgs), msgs)
+	}
+	rec := w.findAudit("delivery", "carol@plain.example", "deferred")
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "STARTTLS") {
+		t.Fatalf("deferral reason: %v", rec)
 	}
 }

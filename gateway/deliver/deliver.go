@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/postern-mail/postern/gateway/dnsr"
@@ -220,32 +221,55 @@ func (t *MX) hosts(ctx context.Context, domain string) ([]string, *Result) {
 	return hosts, nil
 }
 
-// Relay delivers everything to one smart host.
+// Relay delivers everything to one smart host. The relay hop is secured
+// at Level (delivery.relay_tls). The request's TLS level is the recipient's
+// requirement: since the relay's onward hop cannot be observed, it is
+// checked with a cached STARTTLS probe of the recipient domain's MX (SPEC
+// §4: EHLO, STARTTLS, certificate check, QUIT) before the copy is handed
+// to the relay.
 type Relay struct {
 	Opt   Options
 	Addr  string // host:port
 	Level string // relay_tls
+	// ProbeTTL and ProbeFailTTL: how long a probe result is trusted.
+	ProbeTTL, ProbeFailTTL time.Duration
+
+	mu    sync.Mutex
+	cache map[string]probeResult
 }
 
-// Deliver implements Transport. The TLS level is the stricter of the
-// relay's configured level and the request's.
+type probeResult struct {
+	until   time.Time
+	outcome Outcome
+	reason  string
+	mx      string
+	ts      *TLSState
+}
+
+// Deliver implements Transport.
 func (t *Relay) Deliver(ctx context.Context, req *Request) []Result {
-	host, _, err := net.SplitHostPort(t.Addr)
+	host, port, err := net.SplitHostPort(t.Addr)
 	if err != nil {
 		return all(req, Temporary, "4.3.5", "bad relay address", t.Addr, nil)
 	}
+	var probed *probeResult
+	if req.TLSLevel != LevelNone && req.TLSLevel != LevelOpportunistic {
+		p := t.probe(ctx, req.Domain, req.TLSLevel)
+		if p.outcome != Delivered {
+			return all(req, p.outcome, "4.7.5", p.reason, p.mx, nil)
+		}
+		probed = &p
+	}
 	r := *req
-	r.TLSLevel = stricter(t.Level, req.TLSLevel)
+	r.TLSLevel = t.Level
 	var addrs []string
-	if ip, err := netip.ParseAddr(host); err == nil {
+	if _, err := netip.ParseAddr(host); err == nil {
 		addrs = []string{t.Addr}
-		_ = ip
 	} else {
 		ips, _, err := t.Opt.Resolver.LookupIP(ctx, host)
 		if err != nil {
 			return all(req, Temporary, "4.4.4", "cannot resolve relay "+host+": "+err.Error(), host, nil)
 		}
-		_, port, _ := net.SplitHostPort(t.Addr)
 		for _, ip := range ips {
 			addrs = append(addrs, net.JoinHostPort(ip.String(), port))
 		}
@@ -254,12 +278,109 @@ func (t *Relay) Deliver(ctx context.Context, req *Request) []Result {
 	for _, a := range addrs {
 		results, retryNext := session(ctx, &t.Opt, &r, host, a, host)
 		if !retryNext {
-			return results
+			last = results
+			break
 		}
 		last = results
 	}
 	if last == nil {
 		return all(req, Temporary, "4.4.4", "relay has no address", host, nil)
+	}
+	for i := range last {
+		if last[i].Outcome == TLSUnavailable {
+			// The relay itself failed relay_tls: that is our hop, not
+			// the recipient's; retry rather than fall through.
+			last[i].Outcome = Temporary
+		}
+		if probed != nil && last[i].Outcome == Delivered {
+			last[i].Response += fmt.Sprintf(" (recipient MX %s probed: %s, verified=%v)", probed.mx, probed.ts.Version, probed.ts.Verified)
+		}
+	}
+	return last
+}
+
+// probe checks that the recipient domain's MX meets level, with a cache.
+func (t *Relay) probe(ctx context.Context, domain, level string) probeResult {
+	key := domain + "\x00" + level
+	now := time.Now()
+	t.mu.Lock()
+	if p, ok := t.cache[key]; ok && now.Before(p.until) {
+		t.mu.Unlock()
+		return p
+	}
+	t.mu.Unlock()
+	p := probeDomain(ctx, &t.Opt, domain, level)
+	ttl := t.ProbeTTL
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	if p.outcome != Delivered {
+		ttl = t.ProbeFailTTL
+		if ttl <= 0 {
+			ttl = 5 * time.Minute
+		}
+	}
+	if p.outcome != Temporary {
+		t.mu.Lock()
+		if t.cache == nil {
+			t.cache = map[string]probeResult{}
+		}
+		p.until = now.Add(ttl)
+		t.cache[key] = p
+		t.mu.Unlock()
+	}
+	return p
+}
+
+// probeDomain runs EHLO, STARTTLS and the certificate check against the
+// domain's MX hosts until one meets level.
+func probeDomain(ctx context.Context, o *Options, domain, level string) probeResult {
+	if !ValidLevel(level) {
+		return probeResult{outcome: TLSUnavailable, reason: "TLS level " + strconvQuote(level) + " cannot be checked by this build"}
+	}
+	mx := &MX{Opt: *o}
+	hosts, res := mx.hosts(ctx, domain)
+	if res != nil {
+		return probeResult{outcome: res.Outcome, reason: res.Response}
+	}
+	tried, tlsFailed := 0, 0
+	last := probeResult{outcome: Temporary, reason: "no MX host reachable for " + domain}
+	for _, h := range hosts {
+		ips, _, err := o.Resolver.LookupIP(ctx, h)
+		if err != nil {
+			tried++
+			last = probeResult{outcome: Temporary, reason: "cannot resolve MX host " + h + ": " + err.Error(), mx: h}
+			continue
+		}
+		for _, ip := range ips {
+			tried++
+			conn, err := o.dial(ctx, net.JoinHostPort(ip.String(), strconv.Itoa(o.Port)))
+			if err != nil {
+				last = probeResult{outcome: Temporary, reason: "probe: connect to " + h + ": " + err.Error(), mx: h}
+				continue
+			}
+			c := newClient(conn, o.CommandTimeout)
+			err = c.greet(o.Hostname)
+			var ts *TLSState
+			outcome := Temporary
+			if err == nil {
+				ts, outcome, err = negotiateTLS(c, o, h, level)
+			}
+			c.quit()
+			if err == nil {
+				return probeResult{outcome: Delivered, mx: h, ts: ts}
+			}
+			last = probeResult{outcome: outcome, reason: "probe: " + err.Error(), mx: h}
+			if outcome == TLSUnavailable {
+				tlsFailed++
+			}
+		}
+	}
+	if tried > 0 && tlsFailed == tried {
+		return last
+	}
+	if last.outcome == TLSUnavailable {
+		last.outcome = Temporary
 	}
 	return last
 }
@@ -293,44 +414,13 @@ func session(ctx context.Context, o *Options, req *Request, host, addr, mxName s
 		return fromErr(req, err, "4.4.2", mxName, nil), true
 	}
 
-	var ts *TLSState
-	level := req.TLSLevel
-	if level != LevelNone {
-		if !c.has("STARTTLS") {
-			if level == LevelOpportunistic {
-				goto plain
-			}
-			return all(req, TLSUnavailable, "4.7.5", host+" does not offer STARTTLS; TLS level "+level+" required", mxName, nil), true
+	ts, outcome, err := negotiateTLS(c, o, host, req.TLSLevel)
+	if err != nil {
+		if outcome == TLSUnavailable {
+			return all(req, TLSUnavailable, "4.7.5", err.Error(), mxName, nil), true
 		}
-		state := &TLSState{Policy: "none"}
-		cfg := &tls.Config{
-			ServerName:         host,
-			MinVersion:         tls.VersionTLS12,
-			InsecureSkipVerify: true, // verified below, so the outcome can be recorded
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				err := verifyPKIX(cs, host, o.Roots)
-				state.Verified = err == nil
-				if err == nil {
-					state.Policy = "pkix"
-				}
-				if err != nil && level == LevelVerify {
-					return fmt.Errorf("certificate of %s not valid: %w", host, err)
-				}
-				return nil
-			},
-		}
-		if err := c.startTLS(cfg, o.Hostname); err != nil {
-			var te *tlsError
-			if errors.As(err, &te) {
-				return all(req, TLSUnavailable, "4.7.5", host+": "+err.Error(), mxName, nil), true
-			}
-			return fromErr(req, err, "4.4.2", mxName, nil), true
-		}
-		state.Version = strings.ReplaceAll(tls.VersionName(c.tls.Version), " ", "")
-		state.Cipher = tls.CipherSuiteName(c.tls.CipherSuite)
-		ts = state
+		return fromErr(req, err, "4.4.2", mxName, nil), true
 	}
-plain:
 	// RFC 6531 §3.4: a message needing SMTPUTF8 cannot go to a hop without it.
 	if req.Params.UTF8 && !c.has("SMTPUTF8") {
 		return all(req, Permanent, "5.6.7", host+" does not support SMTPUTF8", mxName, ts), false
@@ -407,6 +497,48 @@ func classify(err error, tempStatus string) (Outcome, string, string) {
 func fromErr(req *Request, err error, tempStatus, mx string, ts *TLSState) []Result {
 	o, st, resp := classify(err, tempStatus)
 	return all(req, o, st, resp, mx, ts)
+}
+
+// negotiateTLS raises the session to the TLS level required. It returns
+// the TLS state (nil for plaintext, allowed only at none and opportunistic)
+// or an error with TLSUnavailable when the host cannot meet the level.
+func negotiateTLS(c *client, o *Options, host, level string) (*TLSState, Outcome, error) {
+	if level == LevelNone {
+		return nil, Delivered, nil
+	}
+	if !c.has("STARTTLS") {
+		if level == LevelOpportunistic {
+			return nil, Delivered, nil
+		}
+		return nil, TLSUnavailable, fmt.Errorf("%s does not offer STARTTLS; TLS level %s required", host, level)
+	}
+	state := &TLSState{Policy: "none"}
+	cfg := &tls.Config{
+		ServerName:         host,
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // verified below, so the outcome can be recorded
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			err := verifyPKIX(cs, host, o.Roots)
+			state.Verified = err == nil
+			if err == nil {
+				state.Policy = "pkix"
+			}
+			if err != nil && level == LevelVerify {
+				return fmt.Errorf("certificate of %s not valid: %w", host, err)
+			}
+			return nil
+		},
+	}
+	if err := c.startTLS(cfg, o.Hostname); err != nil {
+		var te *tlsError
+		if errors.As(err, &te) {
+			return nil, TLSUnavailable, fmt.Errorf("%s: %w", host, err)
+		}
+		return nil, Temporary, err
+	}
+	state.Version = strings.ReplaceAll(tls.VersionName(c.tls.Version), " ", "")
+	state.Cipher = tls.CipherSuiteName(c.tls.CipherSuite)
+	return state, Delivered, nil
 }
 
 // verifyPKIX checks the peer chain against roots and the host name.
