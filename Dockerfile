@@ -12,6 +12,6 @@ COPY configs/ /etc/postern/
 VOLUME ["/var/lib/postern"]
 EXPOSE 2525 9090
 USER nonroot:nonroot
-HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/postern", "version"]
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/postern", "healthcheck", "-url", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["/usr/local/bin/postern"]
 CMD ["serve", "-config", "/etc/postern/dev.yaml"]

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/textproto"
 	"os"
 	"strings"
@@ -32,6 +33,7 @@ commands:
   explain -config FILE -from A -to B [-to C…] [-subject S] [-header 'N: v'…] [-json]
   audit verify -config FILE     check the audit log's hash chain
   audit search -config FILE [-rcpt A] [-from A] [-method M] [-since T] [-until T] [-format json|csv]
+  healthcheck [-url URL]        exit 0 when the admin /healthz answers 200 (for container health checks)
   version                       print the version
 `
 
@@ -62,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "search":
 			return cmdAuditSearch(args[2:], stdout, stderr)
 		}
+	case "healthcheck":
+		return cmdHealthcheck(args[1:], stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "postern", version)
 		return 0
@@ -294,6 +298,27 @@ func cmdAuditSearch(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "postern audit search:", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdHealthcheck(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("postern healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:9090/healthz", "health URL")
+	if fs.Parse(args) != nil {
+		return 2
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(*url)
+	if err != nil {
+		fmt.Fprintln(stderr, "postern healthcheck:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(stderr, "postern healthcheck:", resp.Status)
 		return 1
 	}
 	return 0
