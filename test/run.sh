@@ -26,4 +26,6 @@ for pkg in $(go list ./...); do
     go test -run='^$' -fuzz="^${f}\$" -fuzztime="$fuzztime" -fuzzminimizetime=3s "$pkg" >/tmp/fuzz-$f.log 2>&1 || { cat /tmp/fuzz-$f.log; exit 1; }
   done
 done
+# Shipped configs, alert rules, dashboard, live /metrics (needs promtool).
+./test/ops/check.sh
 echo "all tests passed"

@@ -613,7 +613,22 @@ func (t *Dir) write(req *Request, r Rcpt) error {
 	if err := os.Rename(tmp.Name(), filepath.Join(t.Path, name)); err != nil {
 		return fmt.Errorf("commit outbox file: %w", err)
 	}
+	// The rename is durable only once the directory is synced; the queue
+	// forgets the message as soon as this returns (SPEC §8).
+	if err := syncDir(t.Path); err != nil {
+		return fmt.Errorf("commit outbox file: %w", err)
+	}
 	return nil
+}
+
+// syncDir fsyncs a directory, making renames into it durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func safeName(addr string) string {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
@@ -172,18 +173,6 @@ func TestUnsupportedLevelFailsClosed(t *testing.T) {
 			}
 		})
 	}
-	t.Run("relay/dane", func(t *testing.T) {
-		e := newEnv(t)
-		ca := newCA(t)
-		cert := ca.issue(t, "relay.test")
-		rcv := startReceiver(t, rcvConfig{cert: &cert})
-		e.host("relay.test", "127.0.0.9", rcv.addr)
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
-		res := one(t, tr.Deliver(ctxT(t), request("dane", testBody, "b@strict.test")))
-		if res.Outcome != TLSUnavailable || len(rcv.messages()) != 0 {
-			t.Errorf("got %v (%s), %d messages; want tls-unavailable and nothing sent", res.Outcome, res.Response, len(rcv.messages()))
-		}
-	})
 }
 
 func TestOneOfTwoRecipientsRejected(t *testing.T) {
@@ -204,7 +193,8 @@ func TestOneOfTwoRecipientsRejected(t *testing.T) {
 	if r := rs[1]; r.Rcpt != "ok@two.test" || r.Outcome != Delivered || r.Status != "2.0.0" {
 		t.Errorf("accepted recipient: %+v", r)
 	}
-	conns, mails := rcv.counts()
+	_, mails := rcv.counts()
+	conns := e.dialsTo(rcv)
 	msgs := rcv.messages()
 	if conns != 1 || mails != 1 || len(msgs) != 1 || !slices.Equal(msgs[0].Rcpts, []string{"ok@two.test"}) {
 		t.Errorf("want one session, one transaction, one message to ok@: conns=%d mails=%d msgs=%+v", conns, mails, msgs)
@@ -478,43 +468,77 @@ func TestOpenFailureIsTemporary(t *testing.T) {
 
 func TestRelay(t *testing.T) {
 	ca := newCA(t)
-	cert := ca.issue(t, "relay.test")
+	relayCert := ca.issue(t, "relay.test")
+	mxCert := ca.issue(t, "mx1.one.test")
 
-	t.Run("verified", func(t *testing.T) {
+	// world: relay.test is the smart host; one.test's MX is probed only.
+	world := func(t *testing.T, relayCfg, mxCfg rcvConfig) (*env, *receiver, *receiver) {
 		e := newEnv(t)
-		rcv := startReceiver(t, rcvConfig{cert: &cert})
-		e.host("relay.test", "127.0.0.9", rcv.addr)
+		relay := startReceiver(t, relayCfg)
+		mx := startReceiver(t, mxCfg)
+		e.host("relay.test", "127.0.0.9", relay.addr)
+		e.mx("one.test", "mx1.one.test", "127.0.0.2", mx.addr)
+		return e, relay, mx
+	}
+
+	t.Run("verified relay, probed recipient MX", func(t *testing.T) {
+		e, relay, mx := world(t, rcvConfig{cert: &relayCert}, rcvConfig{cert: &mxCert})
 		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
-		rs := tr.Deliver(ctxT(t), request(LevelEncrypt, testBody, "b@one.test", "c@one.test"))
-		for _, r := range rs {
-			if r.Outcome != Delivered || r.MX != "relay.test" || r.TLS == nil || !r.TLS.Verified {
-				t.Errorf("got %+v", r)
+		for range 2 {
+			rs := tr.Deliver(ctxT(t), request(LevelVerify, testBody, "b@one.test", "c@one.test"))
+			for _, r := range rs {
+				if r.Outcome != Delivered || r.MX != "relay.test" || r.TLS == nil || !r.TLS.Verified ||
+					!strings.Contains(r.Response, "mx1.one.test") {
+					t.Errorf("got %+v", r)
+				}
 			}
 		}
-		if msgs := rcv.messages(); len(msgs) != 1 || len(msgs[0].Rcpts) != 2 {
-			t.Errorf("receiver got %+v", msgs)
+		if msgs := relay.messages(); len(msgs) != 2 || len(msgs[0].Rcpts) != 2 || string(msgs[0].Data) != testBody {
+			t.Errorf("relay got %+v", msgs)
+		}
+		_, mails := mx.counts()
+		if n := e.dialsTo(mx); n != 1 || mails != 0 {
+			t.Errorf("recipient MX: %d connections, %d MAIL; want one (cached) probe and no mail", n, mails)
 		}
 	})
-	// Security levels only go up: a relay configured for "none" still
-	// requires what the request asks for.
-	t.Run("request level wins", func(t *testing.T) {
-		e := newEnv(t)
-		rcv := startReceiver(t, rcvConfig{})
-		e.host("relay.test", "127.0.0.9", rcv.addr)
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelNone}
+	t.Run("recipient MX fails the level", func(t *testing.T) {
+		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{})
+		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
 		res := one(t, tr.Deliver(ctxT(t), request(LevelVerify, testBody, "b@one.test")))
-		if res.Outcome != TLSUnavailable || len(rcv.messages()) != 0 {
-			t.Errorf("got %+v, want tls-unavailable and nothing sent", res)
+		if res.Outcome != TLSUnavailable {
+			t.Errorf("got %+v, want tls-unavailable", res)
+		}
+		if n := e.dialsTo(relay); n != 0 {
+			t.Errorf("relay contacted %d times; want never", n)
 		}
 	})
-	t.Run("relay level wins", func(t *testing.T) {
-		e := newEnv(t)
-		rcv := startReceiver(t, rcvConfig{})
-		e.host("relay.test", "127.0.0.9", rcv.addr)
+	t.Run("unsupported level", func(t *testing.T) {
+		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{cert: &mxCert})
+		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
+		res := one(t, tr.Deliver(ctxT(t), request("dane", testBody, "b@one.test")))
+		if res.Outcome != TLSUnavailable || len(relay.messages()) != 0 {
+			t.Errorf("got %+v, %d messages; want tls-unavailable, nothing sent", res, len(relay.messages()))
+		}
+	})
+	// The relay hop failing relay_tls is our problem, not the recipient's:
+	// retry, do not fall through.
+	t.Run("relay fails relay_tls", func(t *testing.T) {
+		e, relay, _ := world(t, rcvConfig{}, rcvConfig{cert: &mxCert})
 		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
 		res := one(t, tr.Deliver(ctxT(t), request(LevelOpportunistic, testBody, "b@one.test")))
-		if res.Outcome != TLSUnavailable || len(rcv.messages()) != 0 {
-			t.Errorf("got %+v, want tls-unavailable and nothing sent", res)
+		if res.Outcome != Temporary || len(relay.messages()) != 0 {
+			t.Errorf("got %+v, want temporary and nothing sent", res)
+		}
+	})
+	t.Run("relay_tls none", func(t *testing.T) {
+		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{})
+		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelNone}
+		res := one(t, tr.Deliver(ctxT(t), request(LevelNone, testBody, "b@one.test")))
+		if res.Outcome != Delivered || res.TLS != nil {
+			t.Errorf("got %+v, want delivered in plaintext", res)
+		}
+		if msgs := relay.messages(); len(msgs) != 1 || msgs[0].TLS {
+			t.Errorf("relay got %+v", msgs)
 		}
 	})
 	t.Run("bad address", func(t *testing.T) {
@@ -525,22 +549,6 @@ func TestRelay(t *testing.T) {
 	})
 }
 
-func TestStricter(t *testing.T) {
-	for _, tc := range []struct{ a, b, want string }{
-		{LevelNone, LevelVerify, LevelVerify},
-		{LevelVerify, LevelNone, LevelVerify},
-		{LevelOpportunistic, LevelEncrypt, LevelEncrypt},
-		{LevelEncrypt, LevelOpportunistic, LevelEncrypt},
-		{LevelVerify, "dane", "dane"},
-		{"mta-sts", LevelVerify, "mta-sts"},
-		{LevelVerify, "", LevelVerify},
-	} {
-		if got := stricter(tc.a, tc.b); got != tc.want {
-			t.Errorf("stricter(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.want)
-		}
-	}
-}
-
 // A server that answers with garbage yields a temporary error, not a panic.
 func TestGarbageServer(t *testing.T) {
 	for _, script := range []string{
@@ -548,7 +556,8 @@ func TestGarbageServer(t *testing.T) {
 		"220 ok\r\n" + "250-mx\r\n251 inconsistent\r\n",
 		"220 ok\r\n" + "\x00\x01\x02\r\n",
 		"554 go away\r\n",
-		"",
+		"220 ok\r\n" + strings.Repeat("250-x\r\n", 2000),
+		"", // silent: the command timeout ends the wait
 	} {
 		e := newEnv(t)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -570,7 +579,9 @@ func TestGarbageServer(t *testing.T) {
 			}
 		}()
 		e.mx("junk.test", "mx1.junk.test", "127.0.0.2", ln.Addr().String())
-		tr := &MX{Opt: e.options(nil)}
+		opt := e.options(nil)
+		opt.CommandTimeout = 300 * time.Millisecond
+		tr := &MX{Opt: opt}
 		res := one(t, tr.Deliver(ctxT(t), request(LevelOpportunistic, testBody, "b@junk.test")))
 		if res.Outcome != Temporary && !(script == "554 go away\r\n" && res.Outcome == Permanent) {
 			t.Errorf("script %q: got %+v, want temporary", script, res)

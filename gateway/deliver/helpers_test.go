@@ -123,7 +123,7 @@ type receiver struct {
 	mu    sync.Mutex
 	msgs  []received
 	mails int // MAIL commands seen
-	conns int // sessions opened
+	conns int // sessions opened (go-smtp opens a new one after STARTTLS)
 }
 
 func startReceiver(t *testing.T, cfg rcvConfig) *receiver {
@@ -241,6 +241,7 @@ type env struct {
 	dns    *dnstest.Server
 	mu     sync.Mutex
 	routes map[string]string // "ip:25" -> real "127.0.0.1:port"
+	byAddr map[string]int    // dials per real address
 	dials  atomic.Int32
 }
 
@@ -251,7 +252,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return &env{t: t, dns: s, routes: map[string]string{}}
+	return &env{t: t, dns: s, routes: map[string]string{}, byAddr: map[string]int{}}
 }
 
 // host publishes name with address ip and routes ip:25 to realAddr.
@@ -266,6 +267,7 @@ func (e *env) dial(ctx context.Context, network, addr string) (net.Conn, error) 
 	e.dials.Add(1)
 	e.mu.Lock()
 	target, ok := e.routes[addr]
+	e.byAddr[target]++
 	e.mu.Unlock()
 	if !ok {
 		e.t.Errorf("dial to unexpected address %s", addr)
@@ -273,6 +275,13 @@ func (e *env) dial(ctx context.Context, network, addr string) (net.Conn, error) 
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, network, target)
+}
+
+// dialsTo is the number of connections made to a receiver.
+func (e *env) dialsTo(r *receiver) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.byAddr[r.addr]
 }
 
 func (e *env) options(roots *x509.CertPool) Options {

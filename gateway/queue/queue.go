@@ -304,6 +304,7 @@ func (w *Writer) Commit(env Envelope, rcpts []*Recipient, messageID, client stri
 	}
 	fail := func(err error) (*Item, error) {
 		w.Abort()
+		_ = os.Remove(w.f.Name()) // Abort is a no-op once the body is closed
 		_ = os.Remove(q.msgPath(w.id))
 		_ = os.Remove(q.metaPath(w.id))
 		return nil, err

@@ -251,34 +251,41 @@ func TestOpenCleansTmp(t *testing.T) {
 }
 
 func TestCommitFailureLeavesNothing(t *testing.T) {
-	dir := t.TempDir()
-	q := openQueue(t, dir)
-	// Replace meta/ by a regular file: writing metadata fails (even as root).
-	meta := filepath.Join(dir, "meta")
-	if err := os.Remove(meta); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(meta, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w, err := q.NewMessage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.WriteString(w, "x\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Commit(Envelope{}, []*Recipient{{Addr: "b@x.example"}}, "", ""); err == nil {
-		t.Fatal("Commit succeeded with meta/ unusable")
-	}
-	if n := dirNames(t, filepath.Join(dir, "msg")); len(n) != 0 {
-		t.Errorf("msg/ after failed Commit = %v, want empty", n)
-	}
-	if n := dirNames(t, filepath.Join(dir, "tmp")); len(n) != 0 {
-		t.Errorf("tmp/ after failed Commit = %v, want empty", n)
-	}
-	if q.Len() != 0 {
-		t.Errorf("Len = %d after failed Commit", q.Len())
+	for _, sub := range []string{"msg", "meta"} {
+		t.Run(sub, func(t *testing.T) {
+			dir := t.TempDir()
+			q := openQueue(t, dir)
+			// Replace the directory by a regular file: renaming into it
+			// fails (even as root).
+			p := filepath.Join(dir, sub)
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			w, err := q.NewMessage()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(w, "x\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Commit(Envelope{}, []*Recipient{{Addr: "b@x.example"}}, "", ""); err == nil {
+				t.Fatalf("Commit succeeded with %s/ unusable", sub)
+			}
+			for _, d := range []string{"msg", "tmp"} {
+				if d == sub {
+					continue
+				}
+				if n := dirNames(t, filepath.Join(dir, d)); len(n) != 0 {
+					t.Errorf("%s/ after failed Commit = %v, want empty", d, n)
+				}
+			}
+			if q.Len() != 0 {
+				t.Errorf("Len = %d after failed Commit", q.Len())
+			}
+		})
 	}
 }
 
@@ -428,7 +435,7 @@ func TestRunProcessesAtNextAttempt(t *testing.T) {
 	startRun(t, q2, procFunc(func(_ context.Context, it *Item) {
 		rec.add(it)
 		deliverAll(t, q2, it)
-	}), 4)
+	}), 1) // one at a time: dispatch order is processing order
 	waitFor(t, "all items processed", func() bool { return q2.Len() == 0 })
 
 	calls := rec.get()
@@ -442,11 +449,9 @@ func TestRunProcessesAtNextAttempt(t *testing.T) {
 	if want := []string{due.ID, soon.ID, late.ID}; !slices.Equal(order, want) {
 		t.Errorf("processing order = %v, want %v", order, want)
 	}
-	// Finished items leave the disk.
+	// Finished items leave the disk (just after they leave the map).
 	for _, id := range []string{late.ID, soon.ID, due.ID} {
-		if exists(q2.metaPath(id)) || exists(q2.msgPath(id)) {
-			t.Errorf("files of finished item %s still on disk", id)
-		}
+		waitFor(t, "files of "+id+" removed", func() bool { return !exists(q2.metaPath(id)) && !exists(q2.msgPath(id)) })
 	}
 }
 

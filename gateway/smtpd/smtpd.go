@@ -152,6 +152,9 @@ var (
 	errLoop        = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: "Too many hops: mail loop detected"}
 	errNoRcpt      = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 	errNoMail      = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	// A text line over max_line_length is the client's fault and will not
+	// get better on retry (RFC 5321 §4.5.3.1.6): refuse it permanently.
+	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message line too long"}
 )
 
 // NewSession implements smtp.Backend.
@@ -377,7 +380,10 @@ func (ss *session) Data(r io.Reader) error {
 	if err != nil {
 		w.Abort()
 		var se *smtp.SMTPError
-		if errors.As(err, &se) {
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			se = errLineTooLong
+		}
+		if se != nil || errors.As(err, &se) {
 			ss.s.opt.Metrics.Received.WithLabelValues("rejected").Inc()
 			log.Warn("message refused", "reply", se.Error())
 			return se // never wrapped: go-smtp needs the *SMTPError itself
