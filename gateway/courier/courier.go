@@ -8,11 +8,14 @@ package courier
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/textproto"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +42,9 @@ type Courier struct {
 	PerDestination int
 	Log            *slog.Logger
 	Now            func() time.Time
+	// Encoders produce the protected copies for the encrypting methods
+	// ("pgp", "smime"); a method without one is unavailable.
+	Encoders map[string]Encoder
 
 	mu    sync.Mutex
 	dests map[string]chan struct{}
@@ -96,6 +102,20 @@ type failure struct {
 	diag       string
 }
 
+// Encoder produces the protected copy of a message for one recipient
+// (OpenPGP, S/MIME). A returned error wrapping ErrUnavailable means the
+// method can no longer serve the recipient (key gone, revoked, unusable):
+// the recipient falls through to the next method. Any other error is
+// temporary.
+type Encoder interface {
+	// Encode writes rcpt's copy of msg to w and returns what the audit
+	// says was used (e.g. "key 0xABCD… from wkd").
+	Encode(ctx context.Context, rcpt string, msg io.Reader, w io.Writer) (string, error)
+}
+
+// ErrUnavailable marks an Encoder error as "method unavailable".
+var ErrUnavailable = errors.New("method unavailable")
+
 // Process implements queue.Processor.
 func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 	log := c.Log.With("queue_id", it.ID)
@@ -110,36 +130,98 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 		return
 	}
 	// Book the next attempt before trying (a crash or panic then never
-	// causes a tight retry loop).
+	// causes a tight retry loop). It is saved together with the
+	// decisions, before any delivery.
 	for _, r := range due {
 		r.Attempts++
 		r.LastAttempt = now
 		r.NextAttempt = now.Add(c.backoff(r.Attempts))
 	}
+	ok := c.decide(ctx, it, due, log)
 	if err := c.Queue.Save(it); err != nil {
 		log.Error("cannot book next attempt; not trying now", "err", err)
 		return
 	}
+	if !ok {
+		return
+	}
 
-	pol := c.Policy.Get()
-	msg := c.policyMessage(it)
 	var failures []failure
+	type key struct{ domain, method, level string }
+	groups := map[key][]*queue.Recipient{}
+	var order []key
+	for _, r := range due {
+		if r.Method == "" {
+			// No method of the plan is available: on_unavailable.
+			if f, ok := c.unavailable(it, r, "no method in the plan is available", log); ok {
+				failures = append(failures, f)
+			}
+			continue
+		}
+		k := key{domainOf(r.Addr), r.Method, r.TLSLevel}
+		if r.Method != policy.TLS {
+			k.level = r.Addr // each recipient gets its own encrypted copy
+		}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+
+	for _, k := range order {
+		rs := groups[k]
+		switch {
+		case k.method == policy.TLS:
+			failures = append(failures, c.deliverTLS(ctx, it, k.domain, k.level, rs, log)...)
+		case c.Encoders[k.method] != nil:
+			for _, r := range rs {
+				if f, ok := c.deliverEncoded(ctx, it, r, c.Encoders[k.method], log); ok {
+					failures = append(failures, f)
+				}
+			}
+		default:
+			// A method that disappeared (e.g. unconfigured by a reload).
+			for _, r := range rs {
+				if f, ok := c.fallThrough(ctx, it, r, "method "+k.method+" is not available", log); ok {
+					failures = append(failures, f)
+				}
+			}
+		}
+	}
+
+	if len(failures) > 0 {
+		c.bounce(it, failures, log)
+	}
+	if err := c.Queue.Save(it); err != nil {
+		log.Error("cannot save delivery state", "err", err)
+	}
+}
+
+// decide takes the policy decision for recipients not yet decided and
+// writes its audit record. It returns false when delivery must wait
+// (shutting down, message unreadable, audit log failing).
+func (c *Courier) decide(ctx context.Context, it *queue.Item, due []*queue.Recipient, log *slog.Logger) bool {
+	var (
+		pol *policy.Policy
+		msg *policy.Message
+	)
 	for _, r := range due {
 		if r.Decided {
 			continue
 		}
+		if pol == nil {
+			pol, msg = c.Policy.Get(), c.policyMessage(it)
+		}
 		d := pol.Decide(ctx, msg, r.Addr, c.Checker)
 		if ctx.Err() != nil {
-			return // shutting down: an interrupted decision is not a decision
+			return false // shutting down: an interrupted decision is not a decision
 		}
 		if err := msg.BodyErr(); err != nil {
 			// A body_regex rule could not be evaluated: deciding now could
 			// pick weaker protection than the policy requires.
 			log.Error("cannot read message for policy; deferring", "err", err)
-			return
+			return false
 		}
-		r.Decided, r.Rule, r.Plan, r.Method = true, d.Rule, d.Plan, d.Method
-		r.TLSLevel, r.OnUnavailable = d.TLSLevel, d.OnUnavailable
 		rec := audit.Record{Event: "decision", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
 			Rcpt: r.Addr, Rule: d.Rule, Method: d.Method, Considered: considered(d.Considered)}
 		for _, cm := range d.Considered {
@@ -150,60 +232,20 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 		if d.Method == "" {
 			rec.Reason = "no method available"
 		}
+		// The record is written before the decision is acted on (SPEC §6).
 		if err := c.appendAudit(rec); err != nil {
 			log.Error("audit write failed; not delivering", "err", err)
-			return
+			return false
 		}
+		r.Decided, r.Rule, r.Plan, r.Method = true, d.Rule, d.Plan, d.Method
+		r.TLSLevel, r.OnUnavailable = d.TLSLevel, d.OnUnavailable
+		r.DomainTLS, r.StripSubjectTag = d.DomainTLS, d.StripSubjectTag
 		if d.Method != "" {
 			c.Metrics.Decisions.WithLabelValues(d.Method).Inc()
 		}
 		log.Info("decision", "rcpt", r.Addr, "rule", d.Rule, "method", d.Method, "plan", strings.Join(d.Plan, ","))
 	}
-	if err := c.Queue.Save(it); err != nil {
-		log.Error("cannot save decisions", "err", err)
-		return
-	}
-
-	// Recipients with no method left are deferred or bounced.
-	type key struct{ domain, method, level string }
-	groups := map[key][]*queue.Recipient{}
-	var order []key
-	for _, r := range due {
-		if r.Method == "" {
-			if f, ok := c.unavailable(it, r, "no method in the plan is available", log); ok {
-				failures = append(failures, f)
-			}
-			continue
-		}
-		k := key{domainOf(r.Addr), r.Method, r.TLSLevel}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], r)
-	}
-
-	for _, k := range order {
-		rs := groups[k]
-		if k.method != policy.TLS {
-			// Encrypting methods are supplied by their own packages; a
-			// plan can only name them once they are available, so this
-			// is a method that disappeared (e.g. after a reload).
-			for _, r := range rs {
-				if f, ok := c.fallThrough(ctx, it, r, "method "+k.method+" is not available in this build", log); ok {
-					failures = append(failures, f)
-				}
-			}
-			continue
-		}
-		failures = append(failures, c.deliverTLS(ctx, it, k.domain, k.level, rs, log)...)
-	}
-
-	if len(failures) > 0 {
-		c.bounce(it, failures, log)
-	}
-	if err := c.Queue.Save(it); err != nil {
-		log.Error("cannot save delivery state", "err", err)
-	}
+	return true
 }
 
 func considered(cs []policy.Considered) []audit.Considered {
@@ -219,12 +261,7 @@ func (c *Courier) appendAudit(r audit.Record) error {
 	return err
 }
 
-// deliverTLS sends the unchanged message (it already carries our Received
-// header) to one domain at the required TLS level.
-func (c *Courier) deliverTLS(ctx context.Context, it *queue.Item, domain, level string, rs []*queue.Recipient, log *slog.Logger) []failure {
-	if level == "" {
-		level = deliver.LevelVerify
-	}
+func (c *Courier) request(it *queue.Item, domain, level string, rs []*queue.Recipient, open func() (io.ReadCloser, error)) *deliver.Request {
 	req := &deliver.Request{
 		QueueID: it.ID,
 		From:    it.Envelope.From,
@@ -232,79 +269,158 @@ func (c *Courier) deliverTLS(ctx context.Context, it *queue.Item, domain, level 
 			Ret: it.Envelope.Ret, EnvID: it.Envelope.EnvID},
 		Domain:   domain,
 		TLSLevel: level,
-		Open: func() (io.ReadCloser, error) {
-			return c.Queue.OpenBody(it.ID)
-		},
+		Open:     open,
 	}
-	byAddr := map[string]*queue.Recipient{}
 	for _, r := range rs {
 		req.Rcpts = append(req.Rcpts, deliver.Rcpt{Addr: r.Addr, Notify: r.Notify, ORCPT: r.ORCPT})
-		byAddr[r.Addr] = r
 	}
-	sem := c.destination(domain)
+	return req
+}
+
+// send runs the transport under the per-destination limit.
+func (c *Courier) send(ctx context.Context, method string, req *deliver.Request) ([]deliver.Result, bool) {
+	sem := c.destination(req.Domain)
 	select {
 	case sem <- struct{}{}:
 	case <-ctx.Done():
-		return nil
+		return nil, false
 	}
 	start := time.Now()
 	results := c.Transport.Deliver(ctx, req)
 	<-sem
-	c.Metrics.DeliverySeconds.WithLabelValues(policy.TLS).Observe(time.Since(start).Seconds())
+	c.Metrics.DeliverySeconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	return results, true
+}
 
+// deliverTLS sends the unchanged message (it already carries our Received
+// header) to one domain at the required TLS level.
+func (c *Courier) deliverTLS(ctx context.Context, it *queue.Item, domain, level string, rs []*queue.Recipient, log *slog.Logger) []failure {
+	if level == "" {
+		level = deliver.LevelVerify
+	}
+	req := c.request(it, domain, level, rs, func() (io.ReadCloser, error) { return c.Queue.OpenBody(it.ID) })
+	results, ok := c.send(ctx, policy.TLS, req)
+	if !ok {
+		return nil
+	}
+	byAddr := map[string]*queue.Recipient{}
+	for _, r := range rs {
+		byAddr[r.Addr] = r
+	}
 	var failures []failure
 	for _, res := range results {
-		r := byAddr[res.Rcpt]
-		if r == nil {
-			continue
-		}
-		r.LastMX, r.Status = res.MX, res.Status
-		rec := audit.Record{Event: "delivery", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
-			Rcpt: r.Addr, Method: policy.TLS, MX: res.MX, Response: res.Response}
-		if res.TLS != nil {
-			rec.TLS = &audit.TLSInfo{Version: res.TLS.Version, Cipher: res.TLS.Cipher, Verified: res.TLS.Verified, Policy: res.TLS.Policy}
-		}
-		switch res.Outcome {
-		case deliver.Delivered:
-			r.State, r.LastError = queue.Delivered, ""
-			rec.Result = "delivered"
-			c.Metrics.Deliveries.WithLabelValues(policy.TLS, "delivered").Inc()
-			log.Info("delivered", "rcpt", r.Addr, "mx", res.MX, "response", res.Response)
-		case deliver.Permanent:
-			r.State, r.LastError = queue.Bounced, res.Response
-			rec.Result = "bounced"
-			c.Metrics.Deliveries.WithLabelValues(policy.TLS, "bounced").Inc()
-			failures = append(failures, failure{r: r, status: res.Status, mx: res.MX, diag: res.Response})
-			log.Warn("bounced", "rcpt", r.Addr, "mx", res.MX, "response", res.Response)
-		case deliver.Temporary:
-			r.LastError = res.Response
-			if f, expired := c.expire(it, r, res.Response, res.MX); expired {
-				rec.Result = "bounced"
-				rec.Reason = "queue.max_age exceeded"
-				c.Metrics.Deliveries.WithLabelValues(policy.TLS, "bounced").Inc()
-				failures = append(failures, f)
-			} else {
-				rec.Result = "deferred"
-				c.Metrics.Deliveries.WithLabelValues(policy.TLS, "deferred").Inc()
-				log.Info("deferred", "rcpt", r.Addr, "mx", res.MX, "response", res.Response, "next_attempt", r.NextAttempt)
-			}
-		case deliver.TLSUnavailable:
-			r.LastError = res.Response
-			rec.Result = "deferred"
-			rec.Reason = "TLS requirement not met: " + res.Response
-			if err := c.appendAudit(rec); err != nil {
-				log.Error("audit write failed", "err", err)
-			}
-			if f, ok := c.fallThrough(ctx, it, r, rec.Reason, log); ok {
+		if r := byAddr[res.Rcpt]; r != nil {
+			if f, ok := c.outcome(ctx, it, r, policy.TLS, "", res, log); ok {
 				failures = append(failures, f)
 			}
-			continue
-		}
-		if err := c.appendAudit(rec); err != nil {
-			log.Error("audit write failed", "err", err)
 		}
 	}
 	return failures
+}
+
+// transportLevel is the TLS level an encrypted copy travels at: the
+// recipient domain's requirement (SPEC §4 domains: applies whatever the
+// method), else opportunistic.
+func transportLevel(domainTLS string) string {
+	switch domainTLS {
+	case "", "none":
+		return deliver.LevelOpportunistic
+	}
+	return domainTLS
+}
+
+// deliverEncoded encrypts one recipient's copy into a temporary file in
+// the queue and delivers it.
+func (c *Courier) deliverEncoded(ctx context.Context, it *queue.Item, r *queue.Recipient, enc Encoder, log *slog.Logger) (failure, bool) {
+	method := r.Method
+	tmp, err := c.Queue.TempFile()
+	if err != nil {
+		return c.temporary(it, r, method, "cannot create a temporary file: "+err.Error(), "", log)
+	}
+	defer os.Remove(tmp.Name())
+	body, err := c.Queue.OpenBody(it.ID)
+	if err != nil {
+		tmp.Close()
+		return c.temporary(it, r, method, "cannot read queued message", "", log)
+	}
+	var in io.Reader = body
+	if r.StripSubjectTag != "" {
+		in = stripSubjectTag(body, r.StripSubjectTag)
+	}
+	start := time.Now()
+	desc, err := enc.Encode(ctx, r.Addr, in, tmp)
+	c.Metrics.EncryptSeconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	body.Close()
+	if cerr := tmp.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return c.fallThrough(ctx, it, r, method+" unavailable at delivery: "+err.Error(), log)
+		}
+		log.Error("encryption failed", "rcpt", r.Addr, "method", method, "err", err)
+		return c.temporary(it, r, method, "encryption failed", "", log)
+	}
+	req := c.request(it, domainOf(r.Addr), transportLevel(r.DomainTLS), []*queue.Recipient{r},
+		func() (io.ReadCloser, error) { return os.Open(tmp.Name()) })
+	req.Params.Size = 0 // the encrypted copy has its own size
+	results, ok := c.send(ctx, method, req)
+	if !ok || len(results) == 0 {
+		return failure{}, false
+	}
+	return c.outcome(ctx, it, r, method, desc, results[0], log)
+}
+
+// outcome records one recipient's delivery result: state, audit record,
+// metrics. It returns a failure when the recipient is to be bounced.
+func (c *Courier) outcome(ctx context.Context, it *queue.Item, r *queue.Recipient, method, desc string, res deliver.Result, log *slog.Logger) (failure, bool) {
+	r.LastMX, r.Status = res.MX, res.Status
+	rec := audit.Record{Event: "delivery", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
+		Rcpt: r.Addr, Method: method, MX: res.MX, Response: res.Response, Reason: desc}
+	if res.TLS != nil {
+		rec.TLS = &audit.TLSInfo{Version: res.TLS.Version, Cipher: res.TLS.Cipher, Verified: res.TLS.Verified, Policy: res.TLS.Policy}
+	}
+	var (
+		f      failure
+		bounce bool
+	)
+	switch res.Outcome {
+	case deliver.Delivered:
+		r.State, r.LastError = queue.Delivered, ""
+		rec.Result = "delivered"
+		log.Info("delivered", "rcpt", r.Addr, "method", method, "mx", res.MX, "response", res.Response)
+	case deliver.Permanent:
+		r.State, r.LastError = queue.Bounced, res.Response
+		rec.Result = "bounced"
+		f, bounce = failure{r: r, status: res.Status, mx: res.MX, diag: res.Response}, true
+		log.Warn("bounced", "rcpt", r.Addr, "method", method, "mx", res.MX, "response", res.Response)
+	case deliver.Temporary:
+		r.LastError = res.Response
+		if f, bounce = c.expire(it, r, res.Response, res.MX); bounce {
+			rec.Result = "bounced"
+			rec.Reason = strings.TrimSpace(desc + " queue.max_age exceeded")
+		} else {
+			rec.Result = "deferred"
+			log.Info("deferred", "rcpt", r.Addr, "method", method, "mx", res.MX, "response", res.Response, "next_attempt", r.NextAttempt)
+		}
+	case deliver.TLSUnavailable:
+		// Not a delivery: the recipient's server cannot meet the TLS
+		// requirement. The fallback or deferral record says so.
+		r.LastError = res.Response
+		return c.fallThrough(ctx, it, r, "TLS requirement not met: "+res.Response, log)
+	}
+	c.Metrics.Deliveries.WithLabelValues(method, rec.Result).Inc()
+	if err := c.appendAudit(rec); err != nil {
+		log.Error("audit write failed", "err", err)
+	}
+	return f, bounce
+}
+
+// temporary defers a recipient for a local reason (bouncing it once
+// queue.max_age is exceeded), with its audit record.
+func (c *Courier) temporary(it *queue.Item, r *queue.Recipient, method, reason, mx string, log *slog.Logger) (failure, bool) {
+	return c.outcome(context.Background(), it, r, method, "", deliver.Result{Rcpt: r.Addr, Outcome: deliver.Temporary,
+		Status: "4.3.0", Response: reason, MX: mx}, log)
 }
 
 // expire bounces a recipient whose message has outlived queue.max_age.
@@ -316,11 +432,17 @@ func (c *Courier) expire(it *queue.Item, r *queue.Recipient, why, mx string) (fa
 	return failure{r: r, status: "4.4.7", mx: mx, diag: why}, true
 }
 
-// fallThrough moves r to the next method of its plan (SPEC §1). When none
-// is left, on_unavailable decides: bounce, or (default) defer and retry.
+// fallThrough handles a method that turned out unavailable at delivery
+// (SPEC §1, §4): with on_unavailable "defer" or "bounce" that is applied at
+// once; by default the recipient moves to the next available method of its
+// plan, and when none is left it is deferred.
 func (c *Courier) fallThrough(ctx context.Context, it *queue.Item, r *queue.Recipient, reason string, log *slog.Logger) (failure, bool) {
+	if r.OnUnavailable == policy.OnUnavailableDefer || r.OnUnavailable == policy.OnUnavailableBounce {
+		return c.unavailable(it, r, reason, log)
+	}
 	pol := c.Policy.Get()
-	d := policy.Decision{Rcpt: r.Addr, Rule: r.Rule, Plan: r.Plan, Method: r.Method, OnUnavailable: r.OnUnavailable, TLSLevel: r.TLSLevel}
+	d := policy.Decision{Rcpt: r.Addr, Rule: r.Rule, Plan: r.Plan, Method: r.Method, OnUnavailable: r.OnUnavailable,
+		TLSLevel: r.TLSLevel, DomainTLS: r.DomainTLS, StripSubjectTag: r.StripSubjectTag}
 	nd, ok := pol.Next(ctx, d, r.Method, reason, c.Checker)
 	if ok {
 		rec := audit.Record{Event: "fallback", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
@@ -339,26 +461,36 @@ func (c *Courier) fallThrough(ctx context.Context, it *queue.Item, r *queue.Reci
 	return c.unavailable(it, r, reason, log)
 }
 
-// unavailable applies on_unavailable when no method is left.
+// unavailable applies on_unavailable when no method is left: bounce, or
+// (default) defer and retry on the queue's schedule, bouncing only once
+// queue.max_age is exceeded. Never plaintext.
 func (c *Courier) unavailable(it *queue.Item, r *queue.Recipient, reason string, log *slog.Logger) (failure, bool) {
-	method := r.Method
-	if r.OnUnavailable == "bounce" {
-		r.State, r.LastError = queue.Bounced, reason
-		c.Metrics.Deliveries.WithLabelValues(labelMethod(method), "bounced").Inc()
-		_ = c.appendAudit(audit.Record{Event: "delivery", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
-			Rcpt: r.Addr, Method: method, Result: "bounced", Reason: "on_unavailable: bounce: " + reason})
-		return failure{r: r, status: "5.7.10", diag: reason}, true
-	}
+	method := labelMethod(r.Method)
+	rec := audit.Record{Event: "delivery", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
+		Rcpt: r.Addr, Method: r.Method}
+	var (
+		f      failure
+		bounce bool
+	)
 	r.LastError = reason
-	if f, expired := c.expire(it, r, reason, ""); expired {
-		c.Metrics.Deliveries.WithLabelValues(labelMethod(method), "bounced").Inc()
-		_ = c.appendAudit(audit.Record{Event: "delivery", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
-			Rcpt: r.Addr, Method: method, Result: "bounced", Reason: "queue.max_age exceeded: " + reason})
-		return f, true
+	switch {
+	case r.OnUnavailable == policy.OnUnavailableBounce:
+		r.State = queue.Bounced
+		f, bounce = failure{r: r, status: "5.7.10", diag: reason}, true
+		rec.Result, rec.Reason = "bounced", "on_unavailable: bounce: "+reason
+	default:
+		if f, bounce = c.expire(it, r, reason, ""); bounce {
+			rec.Result, rec.Reason = "bounced", "queue.max_age exceeded: "+reason
+		} else {
+			rec.Result, rec.Reason = "deferred", reason
+			log.Info("deferred: method unavailable", "rcpt", r.Addr, "reason", reason, "next_attempt", r.NextAttempt)
+		}
 	}
-	c.Metrics.Deliveries.WithLabelValues(labelMethod(method), "deferred").Inc()
-	log.Info("deferred: no method available", "rcpt", r.Addr, "reason", reason, "next_attempt", r.NextAttempt)
-	return failure{}, false
+	c.Metrics.Deliveries.WithLabelValues(method, rec.Result).Inc()
+	if err := c.appendAudit(rec); err != nil {
+		log.Error("audit write failed", "err", err)
+	}
+	return f, bounce
 }
 
 func labelMethod(m string) string {
@@ -451,4 +583,50 @@ func (c *Courier) policyMessage(it *queue.Item) *policy.Message {
 		m.Header = h
 	}
 	return m
+}
+
+// stripSubjectTag returns msg with tag removed from its Subject header
+// field (policy strip_subject_tag). Only the header block is rewritten;
+// a header block over 1 MiB, or a Subject that does not hold the tag
+// literally (e.g. RFC 2047-encoded), is passed through unchanged.
+func stripSubjectTag(msg io.Reader, tag string) io.Reader {
+	br := bufio.NewReaderSize(msg, 64<<10)
+	var head []byte
+	for len(head) < 1<<20 {
+		line, err := br.ReadSlice('\n')
+		head = append(head, line...)
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			break
+		}
+		if string(line) == "\r\n" || string(line) == "\n" {
+			break
+		}
+	}
+	return io.MultiReader(bytes.NewReader(rewriteSubject(head, tag)), br)
+}
+
+func rewriteSubject(head []byte, tag string) []byte {
+	lines := bytes.SplitAfter(head, []byte("\n"))
+	var out bytes.Buffer
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		if len(l) < 8 || !strings.EqualFold(string(l[:8]), "subject:") {
+			out.Write(l)
+			continue
+		}
+		field := string(l)
+		for i+1 < len(lines) && len(lines[i+1]) > 0 && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
+			i++
+			field += string(lines[i])
+		}
+		value := strings.TrimRight(field[8:], "\r\n")
+		unfolded := strings.NewReplacer("\r\n", "", "\n", "").Replace(value)
+		stripped := policy.RemoveSubjectTag(strings.TrimSpace(unfolded), tag)
+		if stripped == strings.TrimSpace(unfolded) {
+			out.WriteString(field)
+			continue
+		}
+		out.WriteString("Subject: " + stripped + "\r\n")
+	}
+	return out.Bytes()
 }

@@ -385,15 +385,6 @@ func probeDomain(ctx context.Context, o *Options, domain, level string) probeRes
 	return last
 }
 
-var levelRank = map[string]int{LevelNone: 0, LevelOpportunistic: 1, LevelEncrypt: 2, LevelVerify: 3}
-
-// stricter returns the stronger of two levels: security levels only go up.
-func stricter(a, b string) string {
-	if levelRank[b] > levelRank[a] {
-		return b
-	}
-	return a
-}
 
 // session runs one SMTP session to addr. retryNext reports whether the
 // caller should try another host (connection-level trouble or TLS failure)
@@ -411,7 +402,11 @@ func session(ctx context.Context, o *Options, req *Request, host, addr, mxName s
 	c := newClient(conn, o.CommandTimeout)
 	defer c.quit()
 	if err := c.greet(o.Hostname); err != nil {
-		return fromErr(req, err, "4.4.2", mxName, nil), true
+		// A host refusing service at the greeting or EHLO (even with 5xx)
+		// says nothing about the recipient: try the next host, and retry
+		// later if none takes the message (RFC 5321 §3.1, §5.1).
+		_, st, resp := classify(err, "4.4.2")
+		return all(req, Temporary, "4"+st[1:], resp, mxName, nil), true
 	}
 
 	ts, outcome, err := negotiateTLS(c, o, host, req.TLSLevel)

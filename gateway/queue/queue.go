@@ -66,6 +66,11 @@ type Recipient struct {
 	// rule's on_unavailable.
 	TLSLevel      string `json:"tls_level,omitempty"`
 	OnUnavailable string `json:"on_unavailable,omitempty"`
+	// DomainTLS is the recipient domain's TLS requirement (policy
+	// domains:), applied to encrypted copies too; StripSubjectTag the tag
+	// to remove from the Subject of encrypted copies.
+	DomainTLS       string `json:"domain_tls,omitempty"`
+	StripSubjectTag string `json:"strip_subject_tag,omitempty"`
 
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
@@ -382,6 +387,16 @@ func syncDir(dir string) error {
 		return fmt.Errorf("queue: fsync dir %s: %w", dir, err)
 	}
 	return nil
+}
+
+// TempFile creates a scratch file in the queue's tmp directory (removed
+// at start-up if left behind), e.g. for an encrypted copy.
+func (q *Queue) TempFile() (*os.File, error) {
+	f, err := os.CreateTemp(filepath.Join(q.dir, "tmp"), "copy-")
+	if err != nil {
+		return nil, fmt.Errorf("queue: temp file: %w", err)
+	}
+	return f, nil
 }
 
 // OpenBody opens a message body for reading.
