@@ -385,7 +385,6 @@ func probeDomain(ctx context.Context, o *Options, domain, level string) probeRes
 	return last
 }
 
-
 // session runs one SMTP session to addr. retryNext reports whether the
 // caller should try another host (connection-level trouble or TLS failure)
 // rather than take these results as final for this attempt.
