@@ -32,6 +32,8 @@ type world struct {
 	logFile string
 	extra   string // extra YAML appended to the smtp section
 	mode    string // delivery mode lines; default "mode: mx"
+	keys    string // keys section lines (indented), "" = none
+	policy  string // policy.yaml content, "" = default plan
 }
 
 const (
@@ -80,6 +82,11 @@ func (w *world) modeLines() string {
 	return w.mode
 }
 
+func (w *world) keysSection() string {
+	// No WKD or keyserver unless a test asks: keys come from local dirs.
+	return "keys:\n  wkd: false\n  keyserver: \"\"\n" + w.keys
+}
+
 func (w *world) writeConfig() string {
 	smtpPort, adminPort := freePort(w.t), freePort(w.t)
 	w.smtp = fmt.Sprintf("127.0.0.1:%d", smtpPort)
@@ -100,19 +107,22 @@ delivery:
   dns: "%s"
   tls_roots: ca.pem
 policy: policy.yaml
-audit:
+%saudit:
   path: audit.jsonl
 admin:
   listen: "%s"
 log:
   level: debug
   format: json
-`, w.smtp, w.extra, w.modeLines(), w.mxPort, w.dns.Addr, w.admin)
+`, w.smtp, w.extra, w.modeLines(), w.mxPort, w.dns.Addr, w.keysSection(), w.admin)
 	path := filepath.Join(w.dir, "postern.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
-	pol := "methods: [smime, pgp, tls, portal]\ntls: {level: verify}\n"
+	pol := w.policy
+	if pol == "" {
+		pol = "methods: [smime, pgp, tls, portal]\ntls: {level: verify}\n"
+	}
 	if err := os.WriteFile(filepath.Join(w.dir, "policy.yaml"), []byte(pol), 0o644); err != nil {
 		w.t.Fatal(err)
 	}

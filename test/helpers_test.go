@@ -13,6 +13,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/postern-mail/postern/gateway/dnsr"
 )
 
 // binary is the postern binary built once for the package.
@@ -253,4 +256,27 @@ func bodyAfterOurReceived(b []byte) []byte {
 		i = i + 2 + j
 	}
 	return b[i+2:]
+}
+
+func dnsrMX(host string) dnsr.MX { return dnsr.MX{Host: host, Pref: 10} }
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

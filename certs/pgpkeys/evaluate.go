@@ -9,9 +9,9 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
-// minRSABits is the smallest RSA modulus accepted for encryption. RFC 9580
-// §12.4 says implementations SHOULD NOT encrypt to RSA keys under 2048
-// bits.
+// minRSABits is the smallest RSA modulus accepted for encryption: RFC 9580
+// deprecates smaller RSA keys and NIST SP 800-131A disallows them for key
+// transport.
 const minRSABits = 2048
 
 // evaluate decides whether pk can be used to encrypt to addr at now, as the
@@ -51,7 +51,7 @@ func evaluate(pk *parsedKey, addr, source string, now time.Time) Key {
 
 // unusableReason returns why e cannot be used for addr, or "" when it can.
 func unusableReason(e *openpgp.Entity, selfSig *packet.Signature, expires time.Time, addr string, now time.Time) string {
-	// Revocation (RFC 9580 §5.2.1.11, §5.2.3.31): any key revocation
+	// Revocation (RFC 9580 §5.2.1, signature type 0x20): any key revocation
 	// signature, verified by go-crypto when the certificate was read. Its
 	// date is not compared with now: GnuPG dates a revocation after the
 	// self-signature it revokes, which can be seconds in the future, and a
@@ -70,7 +70,7 @@ func unusableReason(e *openpgp.Entity, selfSig *packet.Signature, expires time.T
 	if e.PrimaryKey.CreationTime.After(now) {
 		return "not valid before " + e.PrimaryKey.CreationTime.UTC().Format(time.DateOnly)
 	}
-	// Key expiration time (RFC 9580 §5.2.3.13), from the newest
+	// The Key Expiration Time subpacket (RFC 9580 §5.2.3), from the newest
 	// self-signature.
 	if !expires.IsZero() && now.After(expires) {
 		return "expired " + expires.Format(time.DateOnly)
@@ -83,7 +83,7 @@ func unusableReason(e *openpgp.Entity, selfSig *packet.Signature, expires time.T
 	}
 
 	// A user ID with exactly this address, with a current, unrevoked
-	// self-signature (RFC 9580 §5.2.3.32 and §10.1).
+	// self-signature (RFC 9580 §10.1).
 	var uidProblem string
 	found := false
 	for _, id := range e.Identities {
@@ -120,7 +120,7 @@ func unusableReason(e *openpgp.Entity, selfSig *packet.Signature, expires time.T
 }
 
 // identityRevoked reports whether a certification revocation (RFC 9580
-// §5.2.1.11) is at least as new as the user ID's latest self-signature; a
+// §5.2.1, signature type 0x30) is at least as new as the user ID's latest self-signature; a
 // newer self-signature re-validates the user ID.
 func identityRevoked(id *openpgp.Identity) bool {
 	for _, r := range id.Revocations {

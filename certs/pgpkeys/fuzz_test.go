@@ -2,6 +2,7 @@ package pgpkeys
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 	"time"
 
@@ -39,8 +40,8 @@ func FuzzParseKeys(f *testing.F) {
 				if k.Reason == "" {
 					t.Fatalf("key %s judged without a reason", k.Fingerprint)
 				}
-				if k.Usable && (k.Entity == nil || uidAddress(k.UserIDs[0]) == "") {
-					t.Fatalf("usable key without entity or user ID: %+v", k)
+				if k.Usable && (k.Entity == nil || !slices.ContainsFunc(k.UserIDs, func(u string) bool { return uidAddress(u) == addr })) {
+					t.Fatalf("usable key without entity or user ID for %s: %+v", addr, k)
 				}
 			}
 		}

@@ -147,6 +147,21 @@ func TestLocalWinsOverRemote(t *testing.T) {
 	if n := len(ks.requests()); n != 0 {
 		t.Errorf("WKD asked %d times despite a usable local key", n)
 	}
+	// LookupAll asks every source, for diagnostics.
+	all, err = s.LookupAll(context.Background(), "ann@a.example")
+	if err != nil || len(all) != 2 || all[0].Source != SourceLocal || all[1].Source != SourceWKD || all[1].Fingerprint != fpr(remote) {
+		t.Errorf("LookupAll: %v %+v", err, all)
+	}
+	// A source that fails is reported next to what the others found.
+	s3, err := New(Options{Dir: dir, WKD: true, Dial: ks.dial}) // the test CA is not trusted here
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	all, err = s3.LookupAll(context.Background(), "ann@a.example")
+	if err == nil || !strings.HasPrefix(err.Error(), "wkd: ") || len(all) != 1 || all[0].Source != SourceLocal {
+		t.Errorf("LookupAll with a failing source: %v %+v", err, all)
+	}
 
 	// Now the local key is expired (the clock moves on): WKD is asked and
 	// its key is taken; the local one is still listed first.

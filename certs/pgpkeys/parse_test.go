@@ -264,3 +264,17 @@ func TestOversizedKeyMaterial(t *testing.T) {
 		t.Errorf("took %v", d)
 	}
 }
+
+// TestV6Key: a version 6 key (RFC 9580) is read, its key ID is the high 64
+// bits of its SHA-256 fingerprint, and it is usable.
+func TestV6Key(t *testing.T) {
+	e := newTestEntity(t, "Six", "six@p.example", &packet.Config{V6Keys: true, Algorithm: packet.PubKeyAlgoEd25519})
+	keys, err := parseKeys(armoredPublic(t, e), "v6")
+	if err != nil || len(keys) != 1 {
+		t.Fatal(err)
+	}
+	k := evaluate(keys[0], "six@p.example", SourceLocal, time.Now())
+	if !k.Usable || len(k.Fingerprint) != 64 || k.KeyID != "0x"+k.Fingerprint[:16] || k.Fingerprint != fpr(e) {
+		t.Errorf("%+v", k)
+	}
+}

@@ -10,7 +10,7 @@
 //
 // A key is usable for an address only if it is not revoked or expired, has a
 // valid encryption-capable (sub)key and carries a user ID with exactly that
-// address (RFC 9580 §10.1, §5.2.3); otherwise Key.Reason says why.
+// address (RFC 9580 §10.1); otherwise Key.Reason says why.
 package pgpkeys
 
 import (
@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,7 +68,7 @@ type Key struct {
 	// why: "expired 2026-01-02", "revoked", "no encryption subkey",
 	// "no user ID for bob@x.example", "unsupported algorithm: …", ….
 	Reason string
-	Entity *openpgp.Entity // nil when unparseable; public parts only
+	Entity *openpgp.Entity // nil when unparseable; public parts only (without revoked subkeys when usable): pass it to pgpmime.Encrypt
 }
 
 // Options configure a Store.
@@ -166,24 +167,47 @@ func (s *Store) Close() {
 // only for an invalid address, or when nothing was found and every remote
 // source consulted failed (network, TLS, HTTP errors).
 func (s *Store) Lookup(ctx context.Context, addr string) ([]Key, error) {
-	a, err := normalizeAddr(addr)
+	keys, remoteErrs, consulted, err := s.lookup(ctx, addr, false)
 	if err != nil {
 		return nil, err
 	}
+	if len(keys) == 0 && consulted > 0 && len(remoteErrs) == consulted {
+		a, _ := normalizeAddr(addr)
+		return nil, fmt.Errorf("OpenPGP key look-up for %s: %w", a, errors.Join(remoteErrs...))
+	}
+	return keys, nil
+}
+
+// LookupAll is Lookup for diagnostics ("postern keys lookup", "explain"):
+// it consults every enabled source even when an earlier one gave a usable
+// key. keys are in priority order as for Lookup; err, when set, joins the
+// failures of the sources that could not be asked (or reports an invalid
+// address), and keys holds what the other sources gave.
+func (s *Store) LookupAll(ctx context.Context, addr string) ([]Key, error) {
+	keys, remoteErrs, _, err := s.lookup(ctx, addr, true)
+	if err != nil {
+		return nil, err
+	}
+	return keys, errors.Join(remoteErrs...)
+}
+
+func (s *Store) lookup(ctx context.Context, addr string, all bool) (keys []Key, remoteErrs []error, consulted int, err error) {
+	a, err := normalizeAddr(addr)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	rawAddr := strings.TrimSpace(addr)
 	now := s.opt.Now()
-	var keys []Key
 
 	if set := s.local.Load(); set != nil && s.opt.Dir != "" {
 		local := evaluateAll(set.byAddr[a], a, SourceLocal, now)
 		s.report(SourceLocal, resultOf(len(local), nil))
 		keys = append(keys, local...)
-		if anyUsable(local) {
-			return keys, nil
+		if anyUsable(local) && !all {
+			return keys, nil, 0, nil
 		}
 	}
 
-	var remoteErrs []error
-	consulted := 0
 	type source struct {
 		name  string
 		on    bool
@@ -197,7 +221,7 @@ func (s *Store) Lookup(ctx context.Context, addr string) ([]Key, error) {
 			continue
 		}
 		consulted++
-		found, err := s.remote(ctx, src.name, addr, a, src.fetch)
+		found, err := s.remote(ctx, src.name, rawAddr, a, src.fetch)
 		if err != nil {
 			s.opt.Log.Warn("OpenPGP key look-up failed", "source", src.name, "rcpt", a, "err", err)
 			remoteErrs = append(remoteErrs, fmt.Errorf("%s: %w", src.name, err))
@@ -205,14 +229,11 @@ func (s *Store) Lookup(ctx context.Context, addr string) ([]Key, error) {
 		}
 		ks := evaluateAll(found, a, src.name, now)
 		keys = append(keys, ks...)
-		if anyUsable(ks) {
-			return keys, nil
+		if anyUsable(ks) && !all {
+			break
 		}
 	}
-	if len(keys) == 0 && consulted > 0 && len(remoteErrs) == consulted {
-		return nil, fmt.Errorf("OpenPGP key look-up for %s: %w", a, errors.Join(remoteErrs...))
-	}
-	return keys, nil
+	return keys, remoteErrs, consulted, nil
 }
 
 // Best returns the first usable key for addr in priority order (nil if

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/audit"
 	"github.com/postern-mail/postern/gateway/config"
+	"github.com/postern-mail/postern/gateway/methods"
 	"github.com/postern-mail/postern/gateway/server"
 	"github.com/postern-mail/postern/policy"
 )
@@ -31,6 +33,7 @@ commands:
   serve -config FILE            run the gateway
   check -config FILE            validate the config and its policy
   explain -config FILE -from A -to B [-to C…] [-subject S] [-header 'N: v'…] [-json]
+  keys lookup -config FILE ADDR  show the S/MIME certificates and OpenPGP keys found for ADDR
   audit verify -config FILE     check the audit log's hash chain
   audit search -config FILE [-rcpt A] [-from A] [-method M] [-since T] [-until T] [-format json|csv]
   healthcheck [-url URL]        exit 0 when the admin /healthz answers 200 (for container health checks)
@@ -53,6 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "explain":
 		return cmdExplain(args[1:], stdout, stderr)
+	case "keys":
+		if len(args) >= 2 && args[1] == "lookup" {
+			return cmdKeysLookup(args[2:], stdout, stderr)
+		}
 	case "audit":
 		if len(args) < 2 {
 			fmt.Fprint(stderr, usage)
@@ -190,9 +197,14 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	msg := &policy.Message{From: *from, Header: hdr, Size: int64(raw.Len()),
 		Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(raw.String())), nil }}
+	set, ok := openMethods(cfg, stderr)
+	if !ok {
+		return 1
+	}
+	defer set.Close()
 	var ds []policy.Decision
 	for _, rcpt := range to {
-		ds = append(ds, pol.Decide(context.Background(), msg, rcpt, server.Checker{}))
+		ds = append(ds, pol.Decide(context.Background(), msg, rcpt, set))
 	}
 	if *asJSON {
 		err = policy.WriteJSON(stdout, ds)
@@ -320,6 +332,90 @@ func cmdHealthcheck(args []string, stderr io.Writer) int {
 	if resp.StatusCode != http.StatusOK {
 		fmt.Fprintln(stderr, "postern healthcheck:", resp.Status)
 		return 1
+	}
+	return 0
+}
+
+// openMethods builds the key and certificate stores for CLI use (live
+// look-ups through delivery.dns and delivery.tls_roots, as serve does).
+func openMethods(cfg *config.Config, stderr io.Writer) (*methods.Set, bool) {
+	roots, err := server.Roots(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "postern:", err)
+		return nil, false
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	set, err := methods.New(cfg, server.NewResolver(cfg), roots, nil, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "postern:", err)
+		return nil, false
+	}
+	return set, true
+}
+
+func cmdKeysLookup(args []string, stdout, stderr io.Writer) int {
+	fs, cfgPath := newFlags("keys lookup", stderr)
+	if fs.Parse(args) != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: postern keys lookup -config FILE ADDR")
+		return 2
+	}
+	addr := fs.Arg(0)
+	cfg, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
+		return 1
+	}
+	set, ok := openMethods(cfg, stderr)
+	if !ok {
+		return 1
+	}
+	defer set.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	verdict := func(usable bool) string {
+		if usable {
+			return "usable"
+		}
+		return "NOT usable"
+	}
+	fmt.Fprintf(stdout, "%s\n", addr)
+	fmt.Fprintln(stdout, "  S/MIME certificates:")
+	if set.SMIME == nil {
+		fmt.Fprintln(stdout, "    not configured (keys.smime_dir, keys.ldap.url)")
+	} else {
+		certs, err := set.SMIME.Lookup(ctx, addr)
+		for _, c := range certs {
+			fmt.Fprintf(stdout, "    - subject %s\n      serial %s, issuer %s\n      not after %s, SHA-256 %s\n      source %s (%s)\n      %s: %s\n",
+				c.Subject, c.Serial, c.Issuer, c.NotAfter.UTC().Format(time.RFC3339), c.Fingerprint, c.Source, c.Origin, verdict(c.Usable), c.Reason)
+		}
+		if len(certs) == 0 {
+			fmt.Fprintln(stdout, "    none found")
+		}
+		if err != nil {
+			fmt.Fprintf(stdout, "    look-up error: %v\n", err)
+		}
+	}
+	fmt.Fprintln(stdout, "  OpenPGP keys:")
+	if set.PGP == nil {
+		fmt.Fprintln(stdout, "    not configured (keys.pgp_dir, keys.wkd, keys.keyserver)")
+	} else {
+		keys, err := set.PGP.Lookup(ctx, addr)
+		for _, k := range keys {
+			exp := "never"
+			if !k.Expires.IsZero() {
+				exp = k.Expires.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(stdout, "    - %s (fingerprint %s)\n      user IDs: %s\n      expires %s\n      source %s (%s)\n      %s: %s\n",
+				k.KeyID, k.Fingerprint, strings.Join(k.UserIDs, ", "), exp, k.Source, k.Origin, verdict(k.Usable), k.Reason)
+		}
+		if len(keys) == 0 {
+			fmt.Fprintln(stdout, "    none found")
+		}
+		if err != nil {
+			fmt.Fprintf(stdout, "    look-up error: %v\n", err)
+		}
 	}
 	return 0
 }

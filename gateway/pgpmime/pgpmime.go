@@ -15,9 +15,17 @@
 // exposed in transit.
 //
 // OpenPGP (RFC 9580): a version 4 recipient key gets a SEIPD version 1
-// packet (with MDC, §5.13.1) under AES-256 unless the key's preferences
-// exclude it; a version 6 key that advertises SEIPDv2 in its Features
-// (§5.2.3.32) gets the AEAD packet (§5.13.2). No compression.
+// packet (with MDC, §5.13.1) under AES-256 when its Preferred Symmetric
+// Ciphers list AES-256 (GnuPG, Thunderbird and OpenPGP.js keys all do; a
+// key listing only AES-128 gets AES-128, as the preferences require). A
+// version 6 key that advertises SEIPDv2 (Features subpacket, §5.2.3) gets
+// the AEAD packet (§5.13.2). No compression. With Options.Signer the
+// message is signed, then encrypted, in one OpenPGP message (RFC 3156
+// §6.2).
+//
+// On error the output may hold a partial message and must be discarded;
+// errors found before anything is written (unusable key, malformed header
+// section) leave w untouched.
 package pgpmime
 
 import (
@@ -198,7 +206,8 @@ type onlyReader struct{ r io.Reader }
 func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // wantsAEAD: the SEIPDv2 packet only for a version 6 key whose direct-key
-// self-signature advertises it (RFC 9580 §5.2.3.32, §5.13.2). Version 4
+// self-signature advertises it (Features subpacket, RFC 9580 §5.2.3;
+// §5.13.2). Version 4
 // keys always get SEIPDv1, which every OpenPGP implementation reads.
 func wantsAEAD(to *openpgp.Entity) bool {
 	if to.PrimaryKey.Version != 6 {

@@ -329,8 +329,8 @@ func TestPacketChoice(t *testing.T) {
 		{"v4 advertising AEAD", &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, DefaultCipher: aes256, AEADConfig: &packet.AEADConfig{}}, 1, aes256},
 		{"v4 RSA", &packet.Config{Algorithm: packet.PubKeyAlgoRSA, RSABits: 2048, DefaultCipher: aes256}, 1, aes256},
 		// A key whose preferences list only AES-128 (go-crypto's default):
-		// RFC 9580 §5.2.3.14 / RFC 4880 §13.2, the recipient's preferences
-		// are honoured.
+		// the recipient's preferences are honoured (RFC 4880 §13.2, kept
+		// by RFC 9580).
 		{"v4 preferring AES-128 only", &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA}, 1, packet.CipherAES128},
 		{"v6", &packet.Config{V6Keys: true, Algorithm: packet.PubKeyAlgoEd25519, DefaultCipher: aes256, AEADConfig: &packet.AEADConfig{}}, 2, aes256},
 	} {

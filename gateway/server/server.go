@@ -32,6 +32,7 @@ import (
 	"github.com/postern-mail/postern/gateway/courier"
 	"github.com/postern-mail/postern/gateway/deliver"
 	"github.com/postern-mail/postern/gateway/dnsr"
+	"github.com/postern-mail/postern/gateway/methods"
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
 	"github.com/postern-mail/postern/gateway/smtpd"
@@ -56,19 +57,6 @@ func NewLogger(c config.Log) *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-}
-
-// Checker answers method availability for the policy engine. In this build
-// only the tls method exists; smime, pgp and portal report "not configured"
-// until their packages are wired in.
-type Checker struct{}
-
-// Available implements policy.Checker.
-func (Checker) Available(_ context.Context, method, _ string) (bool, string) {
-	if method == policy.TLS {
-		return true, "decided at delivery"
-	}
-	return false, "not configured"
 }
 
 // LoadPolicy loads the policy the config names, or the built-in default.
@@ -150,9 +138,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	default:
 		transport = &deliver.MX{Opt: opt}
 	}
-	cour := &courier.Courier{Queue: q, Transport: transport, Policy: holder, Checker: Checker{}, Audit: auditLog,
+	set, err := methods.New(cfg, opt.Resolver, roots, m, log)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	cour := &courier.Courier{Queue: q, Transport: transport, Policy: holder, Checker: set, Audit: auditLog,
 		Metrics: m, Hostname: cfg.Hostname, Retry: cfg.Queue.Retry, MaxAge: cfg.Queue.MaxAge,
-		PerDestination: cfg.Queue.PerDestination, Log: log}
+		PerDestination: cfg.Queue.PerDestination, Log: log, Encoders: set.Encoders()}
 
 	tlsCfg, err := ServerTLS(cfg, log)
 	if err != nil {
@@ -201,8 +194,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("admin listening", "addr", ln.Addr().String())
 	}
 
-	// Reload on SIGHUP and when the policy file changes.
+	// Reload on SIGHUP and when the policy file or a key directory
+	// changes: each new state is built first and swapped in only if valid.
 	reload := func(why string) {
+		if err := set.Reload(); err != nil {
+			log.Error("key reload refused; keeping the loaded keys", "why", why, "err", err)
+		}
 		if cfg.Policy == "" {
 			return
 		}
@@ -227,8 +224,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			}
 		}
 	}()
-	if cfg.Policy != "" {
-		go policy.Watch(ctx, []string{cfg.Policy}, 500*time.Millisecond, func() { reload("file changed") })
+	var watched []string
+	for _, p := range []string{cfg.Policy, cfg.Keys.PGPDir, cfg.Keys.SMIMEDir} {
+		if p != "" {
+			watched = append(watched, p)
+		}
+	}
+	if len(watched) > 0 {
+		if err := policy.Watch(ctx, watched, 500*time.Millisecond, func() { reload("file changed") }); err != nil {
+			log.Warn("cannot watch policy and key files; reload with SIGHUP", "err", err)
+		}
 	}
 
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))

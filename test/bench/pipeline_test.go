@@ -32,9 +32,9 @@ import (
 	"github.com/postern-mail/postern/gateway/deliver"
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/dnsr/dnstest"
+	"github.com/postern-mail/postern/gateway/methods"
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
-	"github.com/postern-mail/postern/gateway/server"
 	"github.com/postern-mail/postern/gateway/smtpd"
 	"github.com/postern-mail/postern/policy"
 )
@@ -119,7 +119,7 @@ func startPipeline(tb testing.TB) *pipeline {
 		ConnectTimeout: 10 * time.Second, CommandTimeout: time.Minute, Log: log,
 	}}
 	cour := &courier.Courier{Queue: q, Transport: transport, Policy: policy.NewHolder(policy.Default()),
-		Checker: server.Checker{}, Audit: al, Metrics: m, Hostname: gwHost,
+		Checker: &methods.Set{}, Audit: al, Metrics: m, Hostname: gwHost,
 		Retry: []time.Duration{time.Second}, MaxAge: time.Hour, PerDestination: 4, Log: log}
 
 	ctx, cancel := context.WithCancel(context.Background())
