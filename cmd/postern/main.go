@@ -401,7 +401,7 @@ func cmdKeysLookup(args []string, stdout, stderr io.Writer) int {
 	if set.PGP == nil {
 		fmt.Fprintln(stdout, "    not configured (keys.pgp_dir, keys.wkd, keys.keyserver)")
 	} else {
-		keys, err := set.PGP.Lookup(ctx, addr)
+		keys, err := set.PGP.LookupAll(ctx, addr)
 		for _, k := range keys {
 			exp := "never"
 			if !k.Expires.IsZero() {
