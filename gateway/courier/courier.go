@@ -10,6 +10,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"io"
@@ -108,9 +110,19 @@ type failure struct {
 // the recipient falls through to the next method. Any other error is
 // temporary.
 type Encoder interface {
-	// Encode writes rcpt's copy of msg to w and returns what the audit
-	// says was used (e.g. "key 0xABCD… from wkd").
-	Encode(ctx context.Context, rcpt string, msg io.Reader, w io.Writer) (string, error)
+	// Encode writes the recipient's copy of msg to w and returns what the
+	// audit says was used (e.g. "key 0xABCD… from wkd").
+	Encode(ctx context.Context, c Copy, msg io.Reader, w io.Writer) (string, error)
+}
+
+// Copy names the copy an Encoder makes.
+type Copy struct {
+	QueueID string
+	Rcpt    string
+	// PortalID is the portal message id for the portal method, assigned
+	// when the recipient was sent to the portal, so that the decision or
+	// fallback record already names it (SPEC §6).
+	PortalID string
 }
 
 // ErrUnavailable marks an Encoder error as "method unavailable".
@@ -197,6 +209,18 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 	}
 }
 
+// portalID returns a new portal message id when method is the portal:
+// 128 random bits, base32, unguessable (it names the message, it is not the
+// recipient's access token).
+func (c *Courier) portalID(method string) string {
+	if method != policy.Portal {
+		return ""
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
 // decide takes the policy decision for recipients not yet decided and
 // writes its audit record. It returns false when delivery must wait
 // (shutting down, message unreadable, audit log failing).
@@ -222,8 +246,9 @@ func (c *Courier) decide(ctx context.Context, it *queue.Item, due []*queue.Recip
 			log.Error("cannot read message for policy; deferring", "err", err)
 			return false
 		}
+		portalID := c.portalID(d.Method)
 		rec := audit.Record{Event: "decision", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
-			Rcpt: r.Addr, Rule: d.Rule, Method: d.Method, Considered: considered(d.Considered)}
+			Rcpt: r.Addr, Rule: d.Rule, Method: d.Method, Considered: considered(d.Considered), PortalID: portalID}
 		for _, cm := range d.Considered {
 			if cm.Method == d.Method {
 				rec.Reason = cm.Reason
@@ -240,6 +265,7 @@ func (c *Courier) decide(ctx context.Context, it *queue.Item, due []*queue.Recip
 		r.Decided, r.Rule, r.Plan, r.Method = true, d.Rule, d.Plan, d.Method
 		r.TLSLevel, r.OnUnavailable = d.TLSLevel, d.OnUnavailable
 		r.DomainTLS, r.StripSubjectTag = d.DomainTLS, d.StripSubjectTag
+		r.PortalID = portalID
 		if d.Method != "" {
 			c.Metrics.Decisions.WithLabelValues(d.Method).Inc()
 		}
@@ -348,7 +374,7 @@ func (c *Courier) deliverEncoded(ctx context.Context, it *queue.Item, r *queue.R
 		in = stripSubjectTag(body, r.StripSubjectTag)
 	}
 	start := time.Now()
-	desc, err := enc.Encode(ctx, r.Addr, in, tmp)
+	desc, err := enc.Encode(ctx, Copy{QueueID: it.ID, Rcpt: r.Addr, PortalID: r.PortalID}, in, tmp)
 	c.Metrics.EncryptSeconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
 	body.Close()
 	if cerr := tmp.Close(); err == nil && cerr != nil {
@@ -376,7 +402,7 @@ func (c *Courier) deliverEncoded(ctx context.Context, it *queue.Item, r *queue.R
 func (c *Courier) outcome(ctx context.Context, it *queue.Item, r *queue.Recipient, method, desc string, res deliver.Result, log *slog.Logger) (failure, bool) {
 	r.LastMX, r.Status = res.MX, res.Status
 	rec := audit.Record{Event: "delivery", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
-		Rcpt: r.Addr, Method: method, MX: res.MX, Response: res.Response, Reason: desc}
+		Rcpt: r.Addr, Method: method, MX: res.MX, Response: res.Response, Reason: desc, PortalID: r.PortalID}
 	if res.TLS != nil {
 		rec.TLS = &audit.TLSInfo{Version: res.TLS.Version, Cipher: res.TLS.Cipher, Verified: res.TLS.Verified, Policy: res.TLS.Policy}
 	}
@@ -445,16 +471,20 @@ func (c *Courier) fallThrough(ctx context.Context, it *queue.Item, r *queue.Reci
 		TLSLevel: r.TLSLevel, DomainTLS: r.DomainTLS, StripSubjectTag: r.StripSubjectTag}
 	nd, ok := pol.Next(ctx, d, r.Method, reason, c.Checker)
 	if ok {
+		portalID := r.PortalID
+		if portalID == "" {
+			portalID = c.portalID(nd.Method)
+		}
 		rec := audit.Record{Event: "fallback", QueueID: it.ID, MessageID: it.MessageID, From: it.Envelope.From,
 			Rcpt: r.Addr, Rule: r.Rule, Method: nd.Method, Reason: fmt.Sprintf("%s -> %s: %s", r.Method, nd.Method, reason),
-			Considered: considered(nd.Considered)}
+			Considered: considered(nd.Considered), PortalID: portalID}
 		if err := c.appendAudit(rec); err != nil {
 			log.Error("audit write failed", "err", err)
 			return failure{}, false
 		}
 		c.Metrics.Fallbacks.WithLabelValues(r.Method, nd.Method).Inc()
 		log.Info("fallback", "rcpt", r.Addr, "from", r.Method, "to", nd.Method, "reason", reason)
-		r.Method = nd.Method
+		r.Method, r.PortalID = nd.Method, portalID
 		r.NextAttempt = c.now() // at once
 		return failure{}, false
 	}

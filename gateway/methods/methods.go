@@ -234,7 +234,8 @@ func (s *Set) Encoders() map[string]courier.Encoder {
 type pgpEncoder struct{ s *Set }
 
 // Encode implements courier.Encoder with PGP/MIME (RFC 3156).
-func (e pgpEncoder) Encode(ctx context.Context, rcpt string, msg io.Reader, w io.Writer) (string, error) {
+func (e pgpEncoder) Encode(ctx context.Context, cp courier.Copy, msg io.Reader, w io.Writer) (string, error) {
+	rcpt := cp.Rcpt
 	best, all, err := e.s.PGP.Best(ctx, rcpt)
 	if best == nil {
 		if err != nil && len(all) == 0 {
@@ -251,7 +252,8 @@ func (e pgpEncoder) Encode(ctx context.Context, rcpt string, msg io.Reader, w io
 type smimeEncoder struct{ s *Set }
 
 // Encode implements courier.Encoder with S/MIME enveloped-data (RFC 8551).
-func (e smimeEncoder) Encode(ctx context.Context, rcpt string, msg io.Reader, w io.Writer) (string, error) {
+func (e smimeEncoder) Encode(ctx context.Context, cp courier.Copy, msg io.Reader, w io.Writer) (string, error) {
+	rcpt := cp.Rcpt
 	best, all, err := e.s.SMIME.Best(ctx, rcpt)
 	if best == nil {
 		if err != nil && len(all) == 0 {

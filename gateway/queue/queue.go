@@ -71,6 +71,7 @@ type Recipient struct {
 	// to remove from the Subject of encrypted copies.
 	DomainTLS       string `json:"domain_tls,omitempty"`
 	StripSubjectTag string `json:"strip_subject_tag,omitempty"`
+	PortalID        string `json:"portal_id,omitempty"` // portal message id once sent to the portal
 
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
