@@ -191,6 +191,7 @@ for s in ss: s.close()')
 read -r smtp_port admin_port <<<"$ports"
 mkdir -p "$tmp/live"
 cp configs/policy.yaml "$tmp/live/policy.yaml"
+cp -r configs/demo "$tmp/live/demo"
 "$PY" - configs/dev.yaml "$tmp/live/postern.yaml" "$smtp_port" "$admin_port" <<'EOF'
 import sys, yaml
 src, dst, smtp, admin = sys.argv[1:]
@@ -225,10 +226,10 @@ done
 step "a message over SMTP is accepted, decided and delivered (to the outbox)"
 "$PY" - "$smtp_port" <<'EOF'
 import smtplib, sys
-msg = "From: alice@example.org\r\nTo: bob@example.com\r\nSubject: ops check\r\n\r\nhello\r\n"
+msg = "From: alice@example.org\r\nTo: carol@example.net\r\nSubject: ops check\r\n\r\nhello\r\n"
 with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     s.ehlo("ops-check.localhost")
-    s.sendmail("alice@example.org", ["bob@example.com"], msg)
+    s.sendmail("alice@example.org", ["carol@example.net"], msg)
 EOF
 metric() { curl -fsS "$admin/metrics" | awk -v n="$1" '$1 == n {print $2}'; }
 delivered=""
