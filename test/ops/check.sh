@@ -301,7 +301,7 @@ step "docs/operations.md: verify a copy of the audit log with a two-line config"
 cp "$tmp/live/var/audit.jsonl" "$tmp/audit-copy.jsonl"
 printf 'hostname: verify.invalid\naudit: {path: %s}\n' "$tmp/audit-copy.jsonl" >"$tmp/verify.yaml"
 "$postern" audit verify -config "$tmp/verify.yaml"
-sed -i '1s/"rcpt":"bob@example.com"/"rcpt":"eve@example.com"/' "$tmp/audit-copy.jsonl"
+sed -i '1s/"rcpt":"carol@example.net"/"rcpt":"eve@example.com"/' "$tmp/audit-copy.jsonl"
 grep -q '"rcpt":"eve@example.com"' "$tmp/audit-copy.jsonl" || fail "could not edit the audit copy"
 if "$postern" audit verify -config "$tmp/verify.yaml" >/dev/null 2>&1; then fail "audit verify accepted an edited copy"; fi
 
