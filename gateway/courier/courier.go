@@ -24,6 +24,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/audit"
 	"github.com/postern-mail/postern/gateway/deliver"
+	"github.com/postern-mail/postern/gateway/dkim"
 	"github.com/postern-mail/postern/gateway/dsn"
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
@@ -47,6 +48,9 @@ type Courier struct {
 	// Encoders produce the protected copies for the encrypting methods
 	// ("pgp", "smime"); a method without one is unavailable.
 	Encoders map[string]Encoder
+	// DKIM re-signs what postern changed (encrypted copies, DSNs) for the
+	// sender's domain (SPEC §5a); nil or no key for the domain: unsigned.
+	DKIM *dkim.Signer
 
 	mu    sync.Mutex
 	dests map[string]chan struct{}
@@ -387,14 +391,47 @@ func (c *Courier) deliverEncoded(ctx context.Context, it *queue.Item, r *queue.R
 		log.Error("encryption failed", "rcpt", r.Addr, "method", method, "err", err)
 		return c.temporary(it, r, method, "encryption failed", "", log)
 	}
+	copyPath := tmp.Name()
+	if sd := domainOf(it.Envelope.From); c.DKIM.Has(sd) {
+		signed, err := c.sign(tmp.Name(), sd)
+		if err != nil {
+			log.Error("DKIM signing failed", "rcpt", r.Addr, "err", err)
+			return c.temporary(it, r, method, "DKIM signing failed", "", log)
+		}
+		defer os.Remove(signed)
+		copyPath = signed
+	}
 	req := c.request(it, domainOf(r.Addr), transportLevel(r.DomainTLS), []*queue.Recipient{r},
-		func() (io.ReadCloser, error) { return os.Open(tmp.Name()) })
+		func() (io.ReadCloser, error) { return os.Open(copyPath) })
 	req.Params.Size = 0 // the encrypted copy has its own size
 	results, ok := c.send(ctx, method, req)
 	if !ok || len(results) == 0 {
 		return failure{}, false
 	}
 	return c.outcome(ctx, it, r, method, desc, results[0], log)
+}
+
+// sign writes a DKIM-signed copy of the file at path into a new queue temp
+// file and returns its name.
+func (c *Courier) sign(path, domain string) (string, error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := c.Queue.TempFile()
+	if err != nil {
+		return "", err
+	}
+	err = c.DKIM.Sign(out, in, domain)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out.Name())
+		return "", err
+	}
+	return out.Name(), nil
 }
 
 // outcome records one recipient's delivery result: state, audit record,
@@ -405,6 +442,14 @@ func (c *Courier) outcome(ctx context.Context, it *queue.Item, r *queue.Recipien
 		Rcpt: r.Addr, Method: method, MX: res.MX, Response: res.Response, Reason: desc, PortalID: r.PortalID}
 	if res.TLS != nil {
 		rec.TLS = &audit.TLSInfo{Version: res.TLS.Version, Cipher: res.TLS.Cipher, Verified: res.TLS.Verified, Policy: res.TLS.Policy}
+	}
+	if res.Downgrade != "" {
+		// Not refused (that is policy), but never silent (STYLE §5).
+		log.Warn("TLS downgrade", "rcpt", r.Addr, "note", res.Downgrade)
+		rec.Reason = strings.TrimPrefix(rec.Reason+"; TLS downgrade: "+res.Downgrade, "; ")
+	}
+	if res.PolicyFailure != "" {
+		rec.Reason = strings.TrimPrefix(rec.Reason+"; "+res.PolicyFailure, "; ")
 	}
 	var (
 		f      failure
@@ -569,9 +614,18 @@ func (c *Courier) bounce(it *queue.Item, fs []failure, log *slog.Logger) {
 		return
 	}
 	defer body.Close()
-	err = dsn.Build(w, dsn.Params{ReportingMTA: c.Hostname, Sender: it.Envelope.From, EnvelopeID: it.Envelope.EnvID,
+	params := dsn.Params{ReportingMTA: c.Hostname, Sender: it.Envelope.From, EnvelopeID: it.Envelope.EnvID,
 		QueueID: it.ID, Arrival: it.Received, Return: it.Envelope.Ret, UTF8: it.Envelope.UTF8, Recipients: rcpts,
-		MessageID: w.ID() + "@" + c.Hostname}, body)
+		MessageID: w.ID() + "@" + c.Hostname}
+	if c.DKIM.Has(c.Hostname) {
+		// The DSN is From MAILER-DAEMON@hostname: sign for that domain.
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(dsn.Build(pw, params, body)) }()
+		err = c.DKIM.Sign(w, pr, c.Hostname)
+		pr.CloseWithError(err)
+	} else {
+		err = dsn.Build(w, params, body)
+	}
 	if err != nil {
 		w.Abort()
 		log.Error("cannot build DSN", "err", err)

@@ -2,12 +2,12 @@
 // directly to the domain's MX hosts (RFC 5321 §5), through a relay host, or
 // into a directory. It reports a result per recipient; it never decides
 // policy, but it never sends over a session weaker than the TLS level it is
-// asked for.
+// asked for, nor weaker than what the recipient domain publishes (DANE,
+// RFC 7672; MTA-STS, RFC 8461).
 package deliver
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -23,20 +23,24 @@ import (
 	"time"
 
 	"github.com/postern-mail/postern/gateway/dnsr"
+	"github.com/postern-mail/postern/gateway/mtasts"
+	"github.com/postern-mail/postern/gateway/tlsmemory"
 )
 
 // TLS levels a delivery must meet.
 const (
-	LevelNone          = "none"          // plaintext; STARTTLS not even tried
+	LevelNone          = "none"          // plaintext; STARTTLS not even tried (unless the domain publishes DANE or MTA-STS enforce)
 	LevelOpportunistic = "opportunistic" // STARTTLS when offered, any certificate, else plaintext
 	LevelEncrypt       = "encrypt"       // STARTTLS required, any certificate
-	LevelVerify        = "verify"        // STARTTLS required, certificate valid for the host name (PKIX)
+	LevelVerify        = "verify"        // STARTTLS required, certificate validated: PKIX for the MX name, DANE or MTA-STS
+	LevelDANE          = "dane"          // STARTTLS required, certificate authenticated by DNSSEC-signed TLSA records (RFC 7672)
+	LevelMTASTS        = "mta-sts"       // STARTTLS required to an MX listed in the domain's MTA-STS policy, PKIX-valid (RFC 8461)
 )
 
 // ValidLevel reports whether s names a level.
 func ValidLevel(s string) bool {
 	switch s {
-	case LevelNone, LevelOpportunistic, LevelEncrypt, LevelVerify:
+	case LevelNone, LevelOpportunistic, LevelEncrypt, LevelVerify, LevelDANE, LevelMTASTS:
 		return true
 	}
 	return false
@@ -86,12 +90,20 @@ type Request struct {
 	Open func() (io.ReadCloser, error)
 }
 
+// TLS policies a session was validated by (audit "tls.policy").
+const (
+	PolicyDANE   = "dane"    // TLSA records (RFC 7672)
+	PolicyMTASTS = "mta-sts" // MTA-STS policy match and PKIX (RFC 8461)
+	PolicyPKIX   = "pkix"    // certificate valid for the MX name
+	PolicyNone   = "none"    // not validated
+)
+
 // TLSState describes the session a copy left over (audit "tls").
 type TLSState struct {
 	Version  string
 	Cipher   string
 	Verified bool
-	Policy   string // "pkix" | "none" (dane, mta-sts come with those features)
+	Policy   string // one of the Policy constants
 }
 
 // Result is the outcome for one recipient.
@@ -102,6 +114,14 @@ type Result struct {
 	Response string // the remote reply or our own explanation
 	MX       string
 	TLS      *TLSState
+	// PolicyFailure notes a check that failed without stopping delivery:
+	// an MTA-STS policy in testing mode (RFC 8461 §5) that the MX did not
+	// meet. Empty when none.
+	PolicyFailure string
+	// Downgrade is set on a delivered result when the domain earlier
+	// received mail over a better-secured session (see Options.Memory),
+	// e.g. "domain previously did verified TLS (pkix) …; now encrypt only".
+	Downgrade string
 }
 
 // Transport delivers a request.
@@ -109,10 +129,17 @@ type Transport interface {
 	Deliver(ctx context.Context, req *Request) []Result
 }
 
+// STSPolicies gives the MTA-STS policy of a domain; *mtasts.Client
+// implements it. Get returns an error wrapping mtasts.ErrNoPolicy when the
+// domain has none.
+type STSPolicies interface {
+	Get(ctx context.Context, domain string) (*mtasts.Cached, error)
+}
+
 // Options configure the SMTP transports.
 type Options struct {
 	Hostname       string // EHLO name
-	Port           int    // MX port
+	Port           int    // MX port; TLSA records are looked up at _<Port>._tcp (RFC 7672 §2.2: 25)
 	Resolver       dnsr.Resolver
 	Roots          *x509.CertPool // trust anchors for verify (system + delivery.tls_roots)
 	ConnectTimeout time.Duration
@@ -120,6 +147,30 @@ type Options struct {
 	Log            *slog.Logger
 	// Dial may replace net.Dialer for tests; nil means net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DANE enables TLSA look-ups (delivery.dane); they are trusted only
+	// when the resolver reports DNSSEC-authentic answers.
+	DANE bool
+	// MTASTS gives MTA-STS policies (delivery.mta_sts); nil disables.
+	MTASTS STSPolicies
+	// Memory, when set, remembers the best TLS each domain achieved and
+	// fills Result.Downgrade.
+	Memory *tlsmemory.Memory
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o *Options) log() *slog.Logger {
+	if o.Log != nil {
+		return o.Log
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 func (o *Options) dial(ctx context.Context, addr string) (net.Conn, error) {
@@ -144,70 +195,152 @@ type MX struct{ Opt Options }
 
 // Deliver implements Transport.
 func (t *MX) Deliver(ctx context.Context, req *Request) []Result {
-	hosts, res := t.hosts(ctx, req.Domain)
+	if !ValidLevel(req.TLSLevel) {
+		// An unknown level is never treated as a weaker one.
+		return all(req, TLSUnavailable, "4.7.5", "TLS level "+strconvQuote(req.TLSLevel)+" is unknown", "", nil)
+	}
+	results := walk(ctx, &t.Opt, req, func(hp *hostPlan, addr string) ([]Result, bool) {
+		return session(ctx, &t.Opt, req, hp, addr)
+	})
+	t.remember(req.Domain, results)
+	return results
+}
+
+// remember updates the per-domain TLS memory with a delivered result and
+// notes a downgrade.
+func (t *MX) remember(domain string, results []Result) {
+	if t.Opt.Memory == nil {
+		return
+	}
+	for i := range results {
+		if results[i].Outcome != Delivered {
+			continue
+		}
+		ts := results[i].TLS
+		lvl, how := tlsmemory.None, PolicyNone
+		if ts != nil {
+			lvl, how = tlsmemory.Of(true, ts.Verified, ts.Policy), ts.Policy
+		}
+		note, err := t.Opt.Memory.Observe(domain, lvl, how, t.Opt.now())
+		if err != nil {
+			t.Opt.log().Warn("tls memory", "domain", domain, "err", err)
+		}
+		for j := range results {
+			if results[j].Outcome == Delivered {
+				results[j].Downgrade = note
+			}
+		}
+		return
+	}
+}
+
+// walk tries the MX hosts of req.Domain in order with try, one address at
+// a time, until try returns final results, and sums up the attempts when
+// none did.
+func walk(ctx context.Context, o *Options, req *Request, try func(hp *hostPlan, addr string) ([]Result, bool)) []Result {
+	hosts, authentic, res := mxHosts(ctx, o, req.Domain)
+	if res != nil {
+		return all(req, res.Outcome, res.Status, res.Response, "", nil)
+	}
+	sts, res := stsPolicy(ctx, o, req.Domain, req.TLSLevel)
 	if res != nil {
 		return all(req, res.Outcome, res.Status, res.Response, "", nil)
 	}
 	var (
-		tlsFailures int
-		tried       int
-		last        []Result
+		tlsFailures, rtFailures, tried int
+		last                           []Result
 	)
+	note := func(rs []Result) {
+		tried++
+		last = rs
+		if len(rs) == 0 {
+			return
+		}
+		switch {
+		case rs[0].Outcome == TLSUnavailable:
+			tlsFailures++
+		case rs[0].Status == statusRequireTLS:
+			rtFailures++
+		}
+	}
 	for _, h := range hosts {
-		ips, _, err := t.Opt.Resolver.LookupIP(ctx, h)
+		ips, ipRes, err := o.Resolver.LookupIP(ctx, h)
 		if err != nil {
-			last = all(req, Temporary, "4.4.4", fmt.Sprintf("cannot resolve MX host %s: %v", h, err), h, nil)
-			tried++
+			note(all(req, Temporary, "4.4.4", fmt.Sprintf("cannot resolve MX host %s: %v", h, err), h, nil))
+			continue
+		}
+		hp, res := planHost(ctx, o, h, authentic && ipRes.Authentic, sts)
+		if res != nil {
+			note(all(req, res.Outcome, res.Status, res.Response, h, nil))
+			continue
+		}
+		if oc, st, why := hp.refuse(req.TLSLevel, req.Params.RequireTLS); why != "" {
+			note(all(req, oc, st, why, h, nil))
 			continue
 		}
 		for _, ip := range ips {
-			tried++
-			addr := net.JoinHostPort(ip.String(), strconv.Itoa(t.Opt.Port))
-			results, retryNext := session(ctx, &t.Opt, req, h, addr, h)
+			addr := net.JoinHostPort(ip.String(), strconv.Itoa(o.Port))
+			results, retryNext := try(hp, addr)
 			if !retryNext {
 				return results
 			}
-			last = results
-			if len(results) > 0 && results[0].Outcome == TLSUnavailable {
-				tlsFailures++
-			}
+			note(results)
 		}
 	}
 	if tried == 0 || last == nil {
 		return all(req, Temporary, "4.4.4", "no usable MX host address", "", nil)
 	}
-	if tlsFailures == tried {
+	if tlsFailures+rtFailures == tried {
+		if req.Params.RequireTLS {
+			// RFC 8689 §4.2.1: no MX meets REQUIRETLS: a non-delivery
+			// report with 5.7.30, never a weaker path.
+			for i := range last {
+				if last[i].Outcome == TLSUnavailable {
+					last[i].Outcome = Permanent
+					last[i].Status = statusRequireTLS
+					last[i].Response = "REQUIRETLS cannot be met: " + last[i].Response
+				}
+			}
+		}
 		return last // every host failed the TLS requirement
 	}
 	// A mix: some host was unreachable; retry later rather than conclude.
 	for i := range last {
-		if last[i].Outcome == TLSUnavailable {
+		if last[i].Outcome == TLSUnavailable || last[i].Status == statusRequireTLS {
 			last[i].Outcome = Temporary
+			last[i].Status = "4" + last[i].Status[1:]
 		}
 	}
 	return last
 }
 
-// hosts returns the MX host names in preference order, or a final result.
+// statusRequireTLS is the enhanced status of RFC 8689 §5.
+const statusRequireTLS = "5.7.30"
+
+// mxHosts returns the MX host names in preference order and whether the
+// MX answer was DNSSEC-authentic, or a final result.
 // RFC 5321 §5.1: with no MX records the domain itself is the implicit MX.
 // RFC 7505: a null MX means the domain accepts no mail.
-func (t *MX) hosts(ctx context.Context, domain string) ([]string, *Result) {
-	mxs, _, err := t.Opt.Resolver.LookupMX(ctx, domain)
+func mxHosts(ctx context.Context, o *Options, domain string) ([]string, bool, *Result) {
+	mxs, res, err := o.Resolver.LookupMX(ctx, domain)
 	if err != nil {
 		if dnsr.IsNotFound(err) {
-			// Implicit MX only when the domain has an address.
-			if _, _, aerr := t.Opt.Resolver.LookupIP(ctx, domain); aerr != nil {
+			// Implicit MX only when the domain has an address. RFC 7672
+			// §2.2.1: then the domain is the TLSA base domain, secure when
+			// the denial of MX and the address records are.
+			_, ares, aerr := o.Resolver.LookupIP(ctx, domain)
+			if aerr != nil {
 				if dnsr.IsNotFound(aerr) {
-					return nil, &Result{Outcome: Permanent, Status: "5.1.2", Response: "recipient domain " + domain + " has no MX and no address"}
+					return nil, false, &Result{Outcome: Permanent, Status: "5.1.2", Response: "recipient domain " + domain + " has no MX and no address"}
 				}
-				return nil, &Result{Outcome: Temporary, Status: "4.4.3", Response: "DNS lookup failed for " + domain + ": " + aerr.Error()}
+				return nil, false, &Result{Outcome: Temporary, Status: "4.4.3", Response: "DNS lookup failed for " + domain + ": " + aerr.Error()}
 			}
-			return []string{domain}, nil
+			return []string{strings.ToLower(strings.TrimSuffix(domain, "."))}, res.Authentic && ares.Authentic, nil
 		}
-		return nil, &Result{Outcome: Temporary, Status: "4.4.3", Response: "MX lookup failed for " + domain + ": " + err.Error()}
+		return nil, false, &Result{Outcome: Temporary, Status: "4.4.3", Response: "MX lookup failed for " + domain + ": " + err.Error()}
 	}
 	if len(mxs) == 1 && mxs[0].Host == "" {
-		return nil, &Result{Outcome: Permanent, Status: "5.1.10", Response: "recipient domain " + domain + " publishes a null MX (RFC 7505)"}
+		return nil, false, &Result{Outcome: Permanent, Status: "5.1.10", Response: "recipient domain " + domain + " publishes a null MX (RFC 7505)"}
 	}
 	hosts := make([]string, 0, len(mxs))
 	for _, m := range mxs {
@@ -216,17 +349,17 @@ func (t *MX) hosts(ctx context.Context, domain string) ([]string, *Result) {
 		}
 	}
 	if len(hosts) == 0 {
-		return nil, &Result{Outcome: Permanent, Status: "5.1.2", Response: "no MX hosts for " + domain}
+		return nil, false, &Result{Outcome: Permanent, Status: "5.1.2", Response: "no MX hosts for " + domain}
 	}
-	return hosts, nil
+	return hosts, res.Authentic, nil
 }
 
 // Relay delivers everything to one smart host. The relay hop is secured
 // at Level (delivery.relay_tls). The request's TLS level is the recipient's
 // requirement: since the relay's onward hop cannot be observed, it is
 // checked with a cached STARTTLS probe of the recipient domain's MX (SPEC
-// §4: EHLO, STARTTLS, certificate check, QUIT) before the copy is handed
-// to the relay.
+// §4: EHLO, STARTTLS, certificate check, QUIT), with the domain's DANE and
+// MTA-STS policies applied, before the copy is handed to the relay.
 type Relay struct {
 	Opt   Options
 	Addr  string // host:port
@@ -252,6 +385,9 @@ func (t *Relay) Deliver(ctx context.Context, req *Request) []Result {
 	if err != nil {
 		return all(req, Temporary, "4.3.5", "bad relay address", t.Addr, nil)
 	}
+	if !ValidLevel(req.TLSLevel) || !ValidLevel(t.Level) {
+		return all(req, TLSUnavailable, "4.7.5", "TLS level "+strconvQuote(req.TLSLevel)+" is unknown", "", nil)
+	}
 	var probed *probeResult
 	if req.TLSLevel != LevelNone && req.TLSLevel != LevelOpportunistic {
 		p := t.probe(ctx, req.Domain, req.TLSLevel)
@@ -274,9 +410,10 @@ func (t *Relay) Deliver(ctx context.Context, req *Request) []Result {
 			addrs = append(addrs, net.JoinHostPort(ip.String(), port))
 		}
 	}
+	hp := &hostPlan{name: host}
 	var last []Result
 	for _, a := range addrs {
-		results, retryNext := session(ctx, &t.Opt, &r, host, a, host)
+		results, retryNext := session(ctx, &t.Opt, &r, hp, a)
 		if !retryNext {
 			last = results
 			break
@@ -293,7 +430,7 @@ func (t *Relay) Deliver(ctx context.Context, req *Request) []Result {
 			last[i].Outcome = Temporary
 		}
 		if probed != nil && last[i].Outcome == Delivered {
-			last[i].Response += fmt.Sprintf(" (recipient MX %s probed: %s, verified=%v)", probed.mx, probed.ts.Version, probed.ts.Verified)
+			last[i].Response += fmt.Sprintf(" (recipient MX %s probed: %s, verified=%v, policy=%s)", probed.mx, probed.ts.Version, probed.ts.Verified, probed.ts.Policy)
 		}
 	}
 	return last
@@ -333,67 +470,41 @@ func (t *Relay) probe(ctx context.Context, domain, level string) probeResult {
 }
 
 // probeDomain runs EHLO, STARTTLS and the certificate check against the
-// domain's MX hosts until one meets level.
+// domain's MX hosts, with their DANE and MTA-STS policies, until one meets
+// level.
 func probeDomain(ctx context.Context, o *Options, domain, level string) probeResult {
-	if !ValidLevel(level) {
-		return probeResult{outcome: TLSUnavailable, reason: "TLS level " + strconvQuote(level) + " cannot be checked by this build"}
-	}
-	mx := &MX{Opt: *o}
-	hosts, res := mx.hosts(ctx, domain)
-	if res != nil {
-		return probeResult{outcome: res.Outcome, reason: res.Response}
-	}
-	tried, tlsFailed := 0, 0
-	last := probeResult{outcome: Temporary, reason: "no MX host reachable for " + domain}
-	for _, h := range hosts {
-		ips, _, err := o.Resolver.LookupIP(ctx, h)
+	req := &Request{Domain: domain, TLSLevel: level, Rcpts: []Rcpt{{Addr: "probe@" + domain}}}
+	rs := walk(ctx, o, req, func(hp *hostPlan, addr string) ([]Result, bool) {
+		conn, err := o.dial(ctx, addr)
 		if err != nil {
-			tried++
-			last = probeResult{outcome: Temporary, reason: "cannot resolve MX host " + h + ": " + err.Error(), mx: h}
-			continue
+			return all(req, Temporary, "4.4.1", "probe: connect to "+hp.name+": "+err.Error(), hp.name, nil), true
 		}
-		for _, ip := range ips {
-			tried++
-			conn, err := o.dial(ctx, net.JoinHostPort(ip.String(), strconv.Itoa(o.Port)))
-			if err != nil {
-				last = probeResult{outcome: Temporary, reason: "probe: connect to " + h + ": " + err.Error(), mx: h}
-				continue
-			}
-			c := newClient(conn, o.CommandTimeout)
-			err = c.greet(o.Hostname)
-			var ts *TLSState
-			outcome := Temporary
-			if err == nil {
-				ts, outcome, err = negotiateTLS(c, o, h, level)
-			}
-			c.quit()
-			if err == nil {
-				return probeResult{outcome: Delivered, mx: h, ts: ts}
-			}
-			last = probeResult{outcome: outcome, reason: "probe: " + err.Error(), mx: h}
-			if outcome == TLSUnavailable {
-				tlsFailed++
-			}
+		c := newClient(conn, o.CommandTimeout)
+		defer c.quit()
+		if err := c.greet(o.Hostname); err != nil {
+			return all(req, Temporary, "4.4.2", "probe: "+err.Error(), hp.name, nil), true
 		}
+		var pf string
+		ts, outcome, err := negotiateTLS(c, o, hp, level, false, &pf)
+		if err != nil {
+			return all(req, outcome, "4.7.5", "probe: "+err.Error(), hp.name, nil), true
+		}
+		return all(req, Delivered, "2.0.0", "", hp.name, ts), false
+	})
+	r := rs[0]
+	p := probeResult{outcome: r.Outcome, reason: r.Response, mx: r.MX, ts: r.TLS}
+	if p.outcome == Delivered && p.ts == nil {
+		p.ts = &TLSState{Policy: PolicyNone}
 	}
-	if tried > 0 && tlsFailed == tried {
-		return last
-	}
-	if last.outcome == TLSUnavailable {
-		last.outcome = Temporary
-	}
-	return last
+	return p
 }
 
-// session runs one SMTP session to addr. retryNext reports whether the
-// caller should try another host (connection-level trouble or TLS failure)
-// rather than take these results as final for this attempt.
-func session(ctx context.Context, o *Options, req *Request, host, addr, mxName string) (results []Result, retryNext bool) {
-	if !ValidLevel(req.TLSLevel) {
-		// dane and mta-sts need their validators; an unknown level is
-		// never treated as a weaker one.
-		return all(req, TLSUnavailable, "4.7.5", "TLS level "+strconvQuote(req.TLSLevel)+" cannot be checked by this build", mxName, nil), true
-	}
+// session runs one SMTP session to addr for the MX host hp. retryNext
+// reports whether the caller should try another host (connection-level
+// trouble or TLS failure) rather than take these results as final for
+// this attempt.
+func session(ctx context.Context, o *Options, req *Request, hp *hostPlan, addr string) (results []Result, retryNext bool) {
+	host, mxName := hp.name, hp.name
 	conn, err := o.dial(ctx, addr)
 	if err != nil {
 		return all(req, Temporary, "4.4.1", fmt.Sprintf("connect to %s (%s): %v", host, addr, err), mxName, nil), true
@@ -408,20 +519,35 @@ func session(ctx context.Context, o *Options, req *Request, host, addr, mxName s
 		return all(req, Temporary, "4"+st[1:], resp, mxName, nil), true
 	}
 
-	ts, outcome, err := negotiateTLS(c, o, host, req.TLSLevel)
+	var policyFailure string
+	ts, outcome, err := negotiateTLS(c, o, hp, req.TLSLevel, req.Params.RequireTLS, &policyFailure)
 	if err != nil {
 		if outcome == TLSUnavailable {
 			return all(req, TLSUnavailable, "4.7.5", err.Error(), mxName, nil), true
 		}
 		return fromErr(req, err, "4.4.2", mxName, nil), true
 	}
+	defer func() {
+		for i := range results {
+			results[i].PolicyFailure = policyFailure
+		}
+	}()
 	// RFC 6531 §3.4: a message needing SMTPUTF8 cannot go to a hop without it.
 	if req.Params.UTF8 && !c.has("SMTPUTF8") {
 		return all(req, Permanent, "5.6.7", host+" does not support SMTPUTF8", mxName, ts), false
 	}
-	// RFC 8689 §4.2.1: the next hop must advertise REQUIRETLS.
-	if req.Params.RequireTLS && (ts == nil || !ts.Verified || !c.has("REQUIRETLS")) {
-		return all(req, Permanent, "5.7.30", host+" cannot honour REQUIRETLS", mxName, ts), false
+	// RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS validated
+	// by DANE or MTA-STS to a hop that advertises REQUIRETLS; another MX
+	// may still qualify.
+	if req.Params.RequireTLS && (ts == nil || !ts.Verified || (ts.Policy != PolicyDANE && ts.Policy != PolicyMTASTS) || !c.has("REQUIRETLS")) {
+		why := host + " cannot honour REQUIRETLS"
+		switch {
+		case ts == nil || !ts.Verified || (ts.Policy != PolicyDANE && ts.Policy != PolicyMTASTS):
+			why += ": session not validated by DANE or MTA-STS"
+		default:
+			why += ": REQUIRETLS not advertised"
+		}
+		return all(req, Permanent, statusRequireTLS, why, mxName, ts), true
 	}
 	if _, err := c.mail(req.From, req.Params); err != nil {
 		return fromErr(req, err, "4.4.2", mxName, ts), false
@@ -429,13 +555,12 @@ func session(ctx context.Context, o *Options, req *Request, host, addr, mxName s
 	results = make([]Result, len(req.Rcpts))
 	accepted := 0
 	for i, r := range req.Rcpts {
-		rep, err := c.rcpt(r.Addr, r.Notify, r.ORCPT)
+		_, err := c.rcpt(r.Addr, r.Notify, r.ORCPT)
 		results[i] = Result{Rcpt: r.Addr, MX: mxName, TLS: ts}
 		if err != nil {
 			results[i].Outcome, results[i].Status, results[i].Response = classify(err, "4.4.2")
 			continue
 		}
-		_ = rep
 		accepted++
 	}
 	if accepted == 0 {
@@ -491,65 +616,6 @@ func classify(err error, tempStatus string) (Outcome, string, string) {
 func fromErr(req *Request, err error, tempStatus, mx string, ts *TLSState) []Result {
 	o, st, resp := classify(err, tempStatus)
 	return all(req, o, st, resp, mx, ts)
-}
-
-// negotiateTLS raises the session to the TLS level required. It returns
-// the TLS state (nil for plaintext, allowed only at none and opportunistic)
-// or an error with TLSUnavailable when the host cannot meet the level.
-func negotiateTLS(c *client, o *Options, host, level string) (*TLSState, Outcome, error) {
-	if level == LevelNone {
-		return nil, Delivered, nil
-	}
-	if !c.has("STARTTLS") {
-		if level == LevelOpportunistic {
-			return nil, Delivered, nil
-		}
-		return nil, TLSUnavailable, fmt.Errorf("%s does not offer STARTTLS; TLS level %s required", host, level)
-	}
-	state := &TLSState{Policy: "none"}
-	cfg := &tls.Config{
-		ServerName:         host,
-		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: true, // verified below, so the outcome can be recorded
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			err := verifyPKIX(cs, host, o.Roots)
-			state.Verified = err == nil
-			if err == nil {
-				state.Policy = "pkix"
-			}
-			if err != nil && level == LevelVerify {
-				return fmt.Errorf("certificate of %s not valid: %w", host, err)
-			}
-			return nil
-		},
-	}
-	if err := c.startTLS(cfg, o.Hostname); err != nil {
-		var te *tlsError
-		if errors.As(err, &te) {
-			return nil, TLSUnavailable, fmt.Errorf("%s: %w", host, err)
-		}
-		return nil, Temporary, err
-	}
-	state.Version = strings.ReplaceAll(tls.VersionName(c.tls.Version), " ", "")
-	state.Cipher = tls.CipherSuiteName(c.tls.CipherSuite)
-	return state, Delivered, nil
-}
-
-// verifyPKIX checks the peer chain against roots and the host name.
-func verifyPKIX(cs tls.ConnectionState, host string, roots *x509.CertPool) error {
-	if len(cs.PeerCertificates) == 0 {
-		return errors.New("no certificate")
-	}
-	inter := x509.NewCertPool()
-	for _, c := range cs.PeerCertificates[1:] {
-		inter.AddCert(c)
-	}
-	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-		DNSName:       host,
-		Roots:         roots,
-		Intermediates: inter,
-	})
-	return err
 }
 
 // Dir writes each recipient's copy as a .eml file into a directory (the

@@ -154,8 +154,9 @@ func TestLevelNoneDoesNotTrySTARTTLS(t *testing.T) {
 	}
 }
 
-// A level the transport cannot enforce (dane, mta-sts, a typo) must fail
-// closed, never be treated as a weaker one.
+// A level the domain cannot meet (dane without TLSA records, mta-sts
+// without a policy) or an unknown one must fail closed, never be treated
+// as a weaker one.
 func TestUnsupportedLevelFailsClosed(t *testing.T) {
 	for _, level := range []string{"dane", "mta-sts", ""} {
 		t.Run("mx/"+level, func(t *testing.T) {
@@ -347,7 +348,9 @@ func TestRequireTLS(t *testing.T) {
 		// RFC 8689: REQUIRETLS needs a verified session whatever the level.
 		{"unverified session", rcvConfig{cert: &cert, requireTLS: true}, LevelEncrypt, newCA(t).pool(), Permanent},
 		{"no TLS at all", rcvConfig{requireTLS: true}, LevelOpportunistic, ca.pool(), Permanent},
-		{"verified hop with REQUIRETLS", rcvConfig{cert: &cert, requireTLS: true}, LevelVerify, ca.pool(), Delivered},
+		// RFC 8689 §4.2.1: PKIX alone is not enough; DANE and MTA-STS
+		// cases are in security_test.go.
+		{"pkix-verified hop with REQUIRETLS", rcvConfig{cert: &cert, requireTLS: true}, LevelVerify, ca.pool(), Permanent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -512,7 +515,7 @@ func TestRelay(t *testing.T) {
 			t.Errorf("relay contacted %d times; want never", n)
 		}
 	})
-	t.Run("unsupported level", func(t *testing.T) {
+	t.Run("dane level, domain without TLSA", func(t *testing.T) {
 		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{cert: &mxCert})
 		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
 		res := one(t, tr.Deliver(ctxT(t), request("dane", testBody, "b@one.test")))
@@ -642,12 +645,12 @@ func TestDirOpenFailure(t *testing.T) {
 }
 
 func TestValidLevelAndOutcomeNames(t *testing.T) {
-	for _, l := range []string{LevelNone, LevelOpportunistic, LevelEncrypt, LevelVerify} {
+	for _, l := range []string{LevelNone, LevelOpportunistic, LevelEncrypt, LevelVerify, LevelDANE, LevelMTASTS} {
 		if !ValidLevel(l) {
 			t.Errorf("ValidLevel(%q) = false", l)
 		}
 	}
-	for _, l := range []string{"", "dane", "mta-sts", "VERIFY"} {
+	for _, l := range []string{"", "DANE", "mtasts", "VERIFY"} {
 		if ValidLevel(l) {
 			t.Errorf("ValidLevel(%q) = true", l)
 		}

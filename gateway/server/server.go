@@ -31,11 +31,14 @@ import (
 	"github.com/postern-mail/postern/gateway/config"
 	"github.com/postern-mail/postern/gateway/courier"
 	"github.com/postern-mail/postern/gateway/deliver"
+	"github.com/postern-mail/postern/gateway/dkim"
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/methods"
 	"github.com/postern-mail/postern/gateway/metrics"
+	"github.com/postern-mail/postern/gateway/mtasts"
 	"github.com/postern-mail/postern/gateway/queue"
 	"github.com/postern-mail/postern/gateway/smtpd"
+	"github.com/postern-mail/postern/gateway/tlsmemory"
 	"github.com/postern-mail/postern/policy"
 )
 
@@ -125,7 +128,28 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	opt := deliver.Options{Hostname: cfg.Hostname, Port: cfg.Delivery.Port, Resolver: NewResolver(cfg), Roots: roots,
-		ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, Log: log}
+		ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, Log: log, DANE: cfg.Delivery.DANE}
+	// Transport-security state lives beside the queue (local to the node).
+	if cfg.Delivery.MTASTS {
+		sts := &mtasts.Client{Resolver: opt.Resolver, Roots: roots,
+			Store: mtasts.DirStore{Dir: filepath.Join(cfg.Queue.Dir, "mta-sts")}, Log: log}
+		opt.MTASTS = sts
+		go sts.Run(ctx, time.Hour) // background refresh before policies expire
+	}
+	mem, err := tlsmemory.Open(filepath.Join(cfg.Queue.Dir, "tls-memory.json"))
+	if err != nil {
+		return fmt.Errorf("tls memory: %w", err)
+	}
+	opt.Memory = mem
+	dkimKeys := make([]dkim.Key, 0, len(cfg.Delivery.DKIM))
+	for _, k := range cfg.Delivery.DKIM {
+		dkimKeys = append(dkimKeys, dkim.Key{Domain: k.Domain, Selector: k.Selector, KeyFile: k.Key})
+	}
+	signer, err := dkim.NewSigner(dkimKeys)
+	if err != nil {
+		return fmt.Errorf("delivery.dkim: %w", err)
+	}
+	signer.TempDir = filepath.Join(cfg.Queue.Dir, "tmp")
 	var transport deliver.Transport
 	switch cfg.Delivery.Mode {
 	case "relay":
@@ -145,7 +169,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer set.Close()
 	cour := &courier.Courier{Queue: q, Transport: transport, Policy: holder, Checker: set, Audit: auditLog,
 		Metrics: m, Hostname: cfg.Hostname, Retry: cfg.Queue.Retry, MaxAge: cfg.Queue.MaxAge,
-		PerDestination: cfg.Queue.PerDestination, Log: log, Encoders: set.Encoders()}
+		PerDestination: cfg.Queue.PerDestination, Log: log, Encoders: set.Encoders(), DKIM: signer}
 
 	tlsCfg, err := ServerTLS(cfg, log)
 	if err != nil {
