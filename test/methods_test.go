@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"mime"
@@ -18,6 +20,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern-mail/postern/gateway/dnsr"
 )
 
 // gpgHome makes a GnuPG home with a key pair for uid (ed25519 + cv25519
@@ -225,5 +229,50 @@ func TestSMIMERecipientGetsEncryptedCopy(t *testing.T) {
 	out2, err := w.postern("keys", "lookup", "-config", filepath.Join(w.dir, "postern.yaml"), "bob@smime.example")
 	if err != nil || !strings.Contains(out2, "usable") || !strings.Contains(out2, "serial") {
 		t.Fatalf("keys lookup: %v\n%s", err, out2)
+	}
+}
+
+// TestDANEDelivery: a domain requiring DANE (policy domains:) whose MX
+// publishes a DNSSEC-authentic TLSA 3 1 1 record gets the message over TLS
+// validated by DANE although the certificate's name does not match; a
+// second domain whose TLSA does not match gets nothing.
+func TestDANEDelivery(t *testing.T) {
+	w := newWorld(t)
+	cert := w.ca.issue(t, "not-the-mx-name.example")
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	spki := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	mx := startReceiver(t, fmt.Sprintf("%s:%d", ipTLS, w.mxPort), &cert)
+	for _, dom := range []string{"dane.example", "badtlsa.example"} {
+		w.dns.SetMX(dom, dnsrMX("mx."+dom))
+		w.dns.SetA("mx."+dom, ipTLS)
+		w.dns.SetAuthentic(dom, true)
+		w.dns.SetAuthentic("mx."+dom, true)
+		tlsa := fmt.Sprintf("_%d._tcp.mx.%s", w.mxPort, dom)
+		data := spki[:]
+		if dom == "badtlsa.example" {
+			data = make([]byte, 32)
+		}
+		w.dns.SetTLSA(tlsa, dnsr.TLSA{Usage: 3, Selector: 1, MatchingType: 1, Data: data})
+		w.dns.SetAuthentic(tlsa, true)
+	}
+	w.policy = "methods: [tls]\ntls: {level: verify}\ndomains:\n  dane.example: {tls: dane}\n  badtlsa.example: {tls: dane}\n"
+	w.start()
+	for _, rcpt := range []string{"eve@dane.example", "mallory@badtlsa.example"} {
+		if out, err := w.swaks("--from", "alice@example.org", "--to", rcpt); err != nil {
+			t.Fatalf("swaks: %v\n%s", err, out)
+		}
+	}
+	waitFor(t, 20*time.Second, "the DANE delivery", func() bool { return w.findAudit("delivery", "eve@dane.example", "delivered") != nil })
+	rec := w.findAudit("delivery", "eve@dane.example", "delivered")
+	if tlsInfo, _ := rec["tls"].(map[string]any); tlsInfo["policy"] != "dane" || tlsInfo["verified"] != true {
+		t.Fatalf("delivery record: %v", rec)
+	}
+	waitFor(t, 20*time.Second, "the refusal for a TLSA mismatch", func() bool {
+		return w.findAudit("delivery", "mallory@badtlsa.example", "deferred") != nil
+	})
+	for _, m := range mx.messages() {
+		if m.Rcpts[0] == "mallory@badtlsa.example" {
+			t.Fatal("a message went to an MX whose certificate does not match its TLSA record")
+		}
 	}
 }
