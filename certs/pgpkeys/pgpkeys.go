@@ -328,3 +328,15 @@ func (s *Store) remote(ctx context.Context, source, rawAddr, addr string,
 		return nil, ctx.Err()
 	}
 }
+
+// Local returns the keys of keys.pgp_dir, each evaluated for the address
+// it carries (for expiry monitoring and listings).
+func (s *Store) Local() []Key {
+	set := s.local.Load()
+	now := s.opt.Now()
+	var out []Key
+	for addr, pks := range set.byAddr {
+		out = append(out, evaluateAll(pks, addr, SourceLocal, now)...)
+	}
+	return out
+}

@@ -331,3 +331,18 @@ func checkLDAPOptions(o LDAPOptions) (LDAPOptions, error) {
 	}
 	return o, nil
 }
+
+// Local returns the certificates of keys.smime_dir, each evaluated for the
+// address it was filed under (for expiry monitoring and listings).
+func (s *Store) Local() []Cert {
+	st := s.local.Load()
+	now := s.opt.Now()
+	var out []Cert
+	for addr, lcs := range st.byAddr {
+		for _, lc := range lcs {
+			out = append(out, evaluate(lc.cert, addr, SourceLocal, lc.origin, now, st.trust))
+		}
+	}
+	sortCerts(out)
+	return out
+}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/mail"
 	"strings"
 	"time"
 
@@ -266,4 +267,38 @@ func (e smimeEncoder) Encode(ctx context.Context, cp courier.Copy, msg io.Reader
 		return "", fmt.Errorf("S/MIME: %w", err)
 	}
 	return fmt.Sprintf("encrypted to certificate SHA256:%s serial %s from %s", best.Fingerprint, best.Serial, best.Source), nil
+}
+
+// ExportExpiry sets postern_key_expiry_timestamp_seconds for the local keys
+// and certificates (call at start-up and after each reload).
+func (s *Set) ExportExpiry(m *metrics.Metrics) {
+	m.KeyExpiry.Reset()
+	if s.PGP != nil {
+		for _, k := range s.PGP.Local() {
+			if !k.Expires.IsZero() {
+				m.KeyExpiry.WithLabelValues("pgp_key", firstAddr(k.UserIDs)).Set(float64(k.Expires.Unix()))
+			}
+		}
+	}
+	if s.SMIME != nil {
+		for _, c := range s.SMIME.Local() {
+			subject := c.Subject
+			if c.Cert != nil && len(c.Cert.EmailAddresses) > 0 {
+				subject = c.Cert.EmailAddresses[0]
+			}
+			m.KeyExpiry.WithLabelValues("smime_cert", subject).Set(float64(c.NotAfter.Unix()))
+		}
+	}
+}
+
+func firstAddr(uids []string) string {
+	for _, u := range uids {
+		if a, err := mail.ParseAddress(u); err == nil {
+			return strings.ToLower(a.Address)
+		}
+	}
+	if len(uids) > 0 {
+		return uids[0]
+	}
+	return "unknown"
 }

@@ -45,6 +45,13 @@ type Metrics struct {
 	KeyLookups      *prometheus.CounterVec   // source, result
 	PolicyReloads   *prometheus.CounterVec   // result
 	PortalEvents    *prometheus.CounterVec   // event
+	// CertExpiry: NotAfter (Unix seconds) of postern's own TLS
+	// certificates; listener: smtp | portal.
+	CertExpiry *prometheus.GaugeVec
+	// KeyExpiry: expiry (Unix seconds) of local recipient keys and
+	// certificates; kind: pgp_key | smime_cert; subject: the address.
+	// Keys that never expire are not listed.
+	KeyExpiry *prometheus.GaugeVec
 }
 
 // QueueStats is what the queue reports for the queue gauges.
@@ -91,6 +98,13 @@ func New(qs QueueStats) *Metrics {
 			Name: "postern_portal_events_total", Help: "Portal events, by event.",
 		}, []string{"event"}),
 	}
+	m.CertExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "postern_tls_cert_expiry_timestamp_seconds", Help: "NotAfter of postern's own TLS certificate, by listener.",
+	}, []string{"listener"})
+	m.KeyExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "postern_key_expiry_timestamp_seconds", Help: "Expiry of local recipient keys and certificates, by kind and address.",
+	}, []string{"kind", "subject"})
+	r.MustRegister(m.CertExpiry, m.KeyExpiry)
 	r.MustRegister(m.Received, m.Decisions, m.Deliveries, m.Fallbacks, m.EncryptSeconds,
 		m.DeliverySeconds, m.KeyLookups, m.PolicyReloads, m.PortalEvents)
 	r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

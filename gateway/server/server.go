@@ -167,6 +167,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer set.Close()
+	set.ExportExpiry(m)
 	cour := &courier.Courier{Queue: q, Transport: transport, Policy: holder, Checker: set, Audit: auditLog,
 		Metrics: m, Hostname: cfg.Hostname, Retry: cfg.Queue.Retry, MaxAge: cfg.Queue.MaxAge,
 		PerDestination: cfg.Queue.PerDestination, Log: log, Encoders: set.Encoders(), DKIM: signer}
@@ -174,6 +175,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	tlsCfg, err := ServerTLS(cfg, log)
 	if err != nil {
 		return err
+	}
+	if leaf, err := x509.ParseCertificate(tlsCfg.Certificates[0].Certificate[0]); err == nil {
+		m.CertExpiry.WithLabelValues("smtp").Set(float64(leaf.NotAfter.Unix()))
 	}
 	users, err := LoadUsers(cfg.SMTP.AuthUsersFile)
 	if err != nil {
@@ -224,6 +228,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err := set.Reload(); err != nil {
 			log.Error("key reload refused; keeping the loaded keys", "why", why, "err", err)
 		}
+		set.ExportExpiry(m)
 		if cfg.Policy == "" {
 			return
 		}
