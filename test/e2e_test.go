@@ -34,6 +34,7 @@ type world struct {
 	mode    string // delivery mode lines; default "mode: mx"
 	keys    string // keys section lines (indented), "" = none
 	policy  string // policy.yaml content, "" = default plan
+	portal  string // portal section, "" = none
 }
 
 const (
@@ -107,14 +108,14 @@ delivery:
   dns: "%s"
   tls_roots: ca.pem
 policy: policy.yaml
-%saudit:
+%s%saudit:
   path: audit.jsonl
 admin:
   listen: "%s"
 log:
   level: debug
   format: json
-`, w.smtp, w.extra, w.modeLines(), w.mxPort, w.dns.Addr, w.keysSection(), w.admin)
+`, w.smtp, w.extra, w.modeLines(), w.mxPort, w.dns.Addr, w.keysSection(), w.portal, w.admin)
 	path := filepath.Join(w.dir, "postern.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)

@@ -280,3 +280,5 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func itoa(n int) string { return fmt.Sprint(n) }

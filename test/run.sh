@@ -23,7 +23,17 @@ for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
     echo "fuzz $pkg $f ($fuzztime)"
-    go test -run='^$' -fuzz="^${f}\$" -fuzztime="$fuzztime" -fuzzminimizetime=3s "$pkg" >/tmp/fuzz-$f.log 2>&1 || { cat /tmp/fuzz-$f.log; exit 1; }
+    log="${TMPDIR:-/tmp}/postern-fuzz-$f.log"
+    if ! go test -run='^$' -fuzz="^${f}\$" -fuzztime="$fuzztime" -fuzzminimizetime=3s "$pkg" >"$log" 2>&1; then
+      # The fuzzing engine itself sometimes stops at the time limit with
+      # "context deadline exceeded" and no failing input: not a finding.
+      if grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written to' "$log"; then
+        echo "  (fuzz engine stopped at its deadline without a finding; ignored)"
+      else
+        cat "$log"
+        exit 1
+      fi
+    fi
   done
 done
 # Shipped configs, alert rules, dashboard, live /metrics (needs promtool).

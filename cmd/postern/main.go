@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -20,7 +22,9 @@ import (
 	"github.com/postern-mail/postern/gateway/audit"
 	"github.com/postern-mail/postern/gateway/config"
 	"github.com/postern-mail/postern/gateway/methods"
+	"github.com/postern-mail/postern/gateway/portal"
 	"github.com/postern-mail/postern/gateway/server"
+	"github.com/postern-mail/postern/gateway/storage"
 	"github.com/postern-mail/postern/policy"
 )
 
@@ -33,6 +37,7 @@ commands:
   serve -config FILE            run the gateway
   check -config FILE            validate the config and its policy
   explain -config FILE -from A -to B [-to C…] [-subject S] [-header 'N: v'…] [-json]
+  portal revoke -config FILE ID make a portal message unreadable at once
   keys lookup -config FILE ADDR  show the S/MIME certificates and OpenPGP keys found for ADDR
   audit verify -config FILE     check the audit log's hash chain
   audit search -config FILE [-rcpt A] [-from A] [-method M] [-since T] [-until T] [-format json|csv]
@@ -56,6 +61,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "explain":
 		return cmdExplain(args[1:], stdout, stderr)
+	case "portal":
+		if len(args) >= 2 && args[1] == "revoke" {
+			return cmdPortalRevoke(args[2:], stdout, stderr)
+		}
 	case "keys":
 		if len(args) >= 2 && args[1] == "lookup" {
 			return cmdKeysLookup(args[2:], stdout, stderr)
@@ -417,5 +426,80 @@ func cmdKeysLookup(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "    look-up error: %v\n", err)
 		}
 	}
+	return 0
+}
+
+func cmdPortalRevoke(args []string, stdout, stderr io.Writer) int {
+	fs, cfgPath := newFlags("portal revoke", stderr)
+	if fs.Parse(args) != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: postern portal revoke -config FILE ID")
+		return 2
+	}
+	id := fs.Arg(0)
+	cfg, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
+		return 1
+	}
+	if !cfg.Portal.Enabled() {
+		fmt.Fprintf(stderr, "%s: portal.base_url is not set: no portal\n", cfg.File)
+		return 1
+	}
+	// A running server holds the audit log: ask it (admin listener, loopback).
+	if cfg.Admin.Listen != "" {
+		host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host = "127.0.0.1"
+		}
+		u := "http://" + net.JoinHostPort(host, port) + "/admin/portal/revoke?id=" + url.QueryEscape(id)
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Post(u, "text/plain", nil)
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				fmt.Fprint(stdout, string(body))
+				return 0
+			}
+			fmt.Fprintf(stderr, "postern: %s", body)
+			return 1
+		}
+		// Not running: revoke directly.
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := storage.Open(ctx, cfg.Storage.Driver, cfg.Storage.DSN)
+	if err != nil {
+		fmt.Fprintln(stderr, "postern: storage:", err)
+		return 1
+	}
+	defer st.Close()
+	al, err := audit.Open(cfg.Audit.Path, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		// serve holds the audit log's lock: revoke through the same
+		// storage, and the running server does not see a record here.
+		fmt.Fprintln(stderr, "postern: audit log:", err)
+		return 1
+	}
+	defer al.Close()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	noSend := func(context.Context, string, []string, []byte) error {
+		return errors.New("the CLI sends no mail")
+	}
+	p, err := server.NewPortal(cfg, st, noSend, server.PortalEvents(al, nil, log), log)
+	if err != nil {
+		fmt.Fprintln(stderr, "postern:", err)
+		return 1
+	}
+	if err := p.Revoke(ctx, id); err != nil {
+		if errors.Is(err, portal.ErrNotFound) {
+			fmt.Fprintf(stderr, "postern: no portal message %s\n", id)
+		} else {
+			fmt.Fprintln(stderr, "postern: revoke:", err)
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "portal message %s revoked\n", id)
 	return 0
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/pgpmime"
+	"github.com/postern-mail/postern/gateway/portal"
 	"github.com/postern-mail/postern/gateway/smime"
 	"github.com/postern-mail/postern/policy"
 )
@@ -34,6 +35,9 @@ import (
 type Set struct {
 	PGP   *pgpkeys.Store    // nil: the pgp method is not configured
 	SMIME *smimecerts.Store // nil: the smime method is not configured
+	// Portal is the secure portal (portal.base_url set); nil: the portal
+	// method is not configured.
+	Portal *portal.Portal
 
 	pgpSigner   *openpgp.Entity
 	smimeSigner struct {
@@ -185,7 +189,10 @@ func (s *Set) Available(ctx context.Context, method, rcpt string) (bool, string)
 		}
 		return false, refusal("certificate", smimeReasons(all), err)
 	case policy.Portal:
-		return false, "not configured"
+		if s.Portal == nil {
+			return false, "not configured"
+		}
+		return true, "portal configured"
 	}
 	return false, "unknown method"
 }
@@ -228,6 +235,9 @@ func (s *Set) Encoders() map[string]courier.Encoder {
 	}
 	if s.SMIME != nil {
 		m[policy.SMIME] = smimeEncoder{s}
+	}
+	if s.Portal != nil {
+		m[policy.Portal] = portalEncoder{s.Portal}
 	}
 	return m
 }
@@ -301,4 +311,21 @@ func firstAddr(uids []string) string {
 		return uids[0]
 	}
 	return "unknown"
+}
+
+type portalEncoder struct{ p *portal.Portal }
+
+// Encode implements courier.Encoder: the message is stored encrypted in the
+// portal and the recipient's copy is the notification mail. A revoked or
+// expired id (portal.ErrGone) stays a temporary error on purpose: it must
+// never fall through to another method.
+func (e portalEncoder) Encode(ctx context.Context, cp courier.Copy, msg io.Reader, w io.Writer) (string, error) {
+	if cp.PortalID == "" {
+		return "", fmt.Errorf("%w: no portal id assigned", courier.ErrUnavailable)
+	}
+	desc, err := e.p.Deposit(ctx, cp.PortalID, cp.Rcpt, msg, w)
+	if err != nil {
+		return "", fmt.Errorf("portal: %w", err)
+	}
+	return desc, nil
 }

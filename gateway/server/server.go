@@ -38,6 +38,7 @@ import (
 	"github.com/postern-mail/postern/gateway/mtasts"
 	"github.com/postern-mail/postern/gateway/queue"
 	"github.com/postern-mail/postern/gateway/smtpd"
+	"github.com/postern-mail/postern/gateway/storage"
 	"github.com/postern-mail/postern/gateway/tlsmemory"
 	"github.com/postern-mail/postern/policy"
 )
@@ -167,6 +168,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer set.Close()
+	if dir := filepath.Dir(cfg.Storage.DSN); cfg.Storage.Driver == "sqlite" && dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("storage: %w", err)
+		}
+	}
+	st, err := storage.Open(ctx, cfg.Storage.Driver, cfg.Storage.DSN)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	defer st.Close()
+	prt, err := NewPortal(cfg, st, Enqueue(q, cfg.Hostname), PortalEvents(auditLog, m, log), log)
+	if err != nil {
+		return err
+	}
+	set.Portal = prt
 	set.ExportExpiry(m)
 	cour := &courier.Courier{Queue: q, Transport: transport, Policy: holder, Checker: set, Audit: auditLog,
 		Metrics: m, Hostname: cfg.Hostname, Retry: cfg.Queue.Retry, MaxAge: cfg.Queue.MaxAge,
@@ -211,9 +227,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			if holder.Get() == nil {
 				return errors.New("no policy loaded")
 			}
+			pctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if err := st.Ping(pctx); err != nil {
+				return fmt.Errorf("storage: %w", err)
+			}
 			return nil
 		}
-		admin = &http.Server{Handler: m.Handler(ready), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/", m.Handler(ready))
+		if prt != nil {
+			mux.Handle("POST /admin/portal/revoke", RevokeHandler(prt, log))
+		}
+		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin server", "err", err)
@@ -272,6 +298,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		q.Run(ctx, workCtx, cour, cfg.Queue.Concurrency)
 		close(queueDone)
 	}()
+	var portalSrv *http.Server
+	if prt != nil {
+		portalSrv = servePortal(ctx, cfg, prt, log)
+	}
 	smtpDone := make(chan error, 1)
 	go func() { smtpDone <- ingress.Serve(smtpLn) }()
 
@@ -296,6 +326,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	grace.Stop()
 	if admin != nil {
 		_ = admin.Shutdown(sctx)
+	}
+	if portalSrv != nil {
+		_ = portalSrv.Shutdown(sctx)
 	}
 	log.Info("stopped", "queued", q.Len())
 	return nil
