@@ -184,17 +184,17 @@ EOF
 step "serve: a copy of configs/dev.yaml on free loopback ports"
 ports=$("$PY" -c '
 import socket
-ss = [socket.socket() for _ in range(2)]
+ss = [socket.socket() for _ in range(3)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))
 for s in ss: s.close()')
-read -r smtp_port admin_port <<<"$ports"
+read -r smtp_port admin_port portal_port <<<"$ports"
 mkdir -p "$tmp/live"
 cp configs/policy.yaml "$tmp/live/policy.yaml"
 cp -r configs/demo "$tmp/live/demo"
-"$PY" - configs/dev.yaml "$tmp/live/postern.yaml" "$smtp_port" "$admin_port" <<'EOF'
+"$PY" - configs/dev.yaml "$tmp/live/postern.yaml" "$smtp_port" "$admin_port" "$portal_port" <<'EOF'
 import sys, yaml
-src, dst, smtp, admin = sys.argv[1:]
+src, dst, smtp, admin, portal = sys.argv[1:]
 c = yaml.safe_load(open(src))
 c["smtp"]["listen"] = f"127.0.0.1:{smtp}"
 c["admin"] = {"listen": f"127.0.0.1:{admin}"}
@@ -202,6 +202,10 @@ c["queue"]["dir"] = "var/queue"
 c["delivery"]["dir"] = "var/outbox"
 c["audit"] = {"path": "var/audit.jsonl"}
 c["policy"] = "policy.yaml"
+c["storage"] = {"driver": "sqlite", "dsn": "var/postern.db"}
+if "portal" in c:
+    c["portal"]["listen"] = f"127.0.0.1:{portal}"
+    c["portal"]["base_url"] = f"http://127.0.0.1:{portal}"
 yaml.safe_dump(c, open(dst, "w"), sort_keys=False)
 EOF
 "$postern" check -config "$tmp/live/postern.yaml"
