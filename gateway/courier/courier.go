@@ -28,6 +28,7 @@ import (
 	"github.com/postern-mail/postern/gateway/dsn"
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
+	"github.com/postern-mail/postern/gateway/tlsrpt"
 	"github.com/postern-mail/postern/policy"
 )
 
@@ -48,6 +49,9 @@ type Courier struct {
 	// Encoders produce the protected copies for the encrypting methods
 	// ("pgp", "smime"); a method without one is unavailable.
 	Encoders map[string]Encoder
+	// TLSReports collects per-domain TLS results for RFC 8460 reports;
+	// nil: no TLS reporting.
+	TLSReports *tlsrpt.Collector
 	// DKIM re-signs what postern changed (encrypted copies, DSNs) for the
 	// sender's domain (SPEC §5a); nil or no key for the domain: unsigned.
 	DKIM *dkim.Signer
@@ -213,6 +217,15 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 	}
 }
 
+// reportDecision is the fixed decision for a report postern generated
+// (RFC 8460 §5.3: TLS reports are delivered even when TLS fails, so no
+// encryption method and opportunistic TLS).
+func reportDecision(rcpt string) policy.Decision {
+	return policy.Decision{Rcpt: rcpt, Rule: "internal:tls-report", Method: policy.TLS, Plan: []string{policy.TLS},
+		TLSLevel:   deliver.LevelOpportunistic,
+		Considered: []policy.Considered{{Method: policy.TLS, OK: true, Reason: "TLS report (RFC 8460 §5.3): opportunistic TLS"}}}
+}
+
 // portalID returns a new portal message id when method is the portal:
 // 128 random bits, base32, unguessable (it names the message, it is not the
 // recipient's access token).
@@ -240,7 +253,12 @@ func (c *Courier) decide(ctx context.Context, it *queue.Item, due []*queue.Recip
 		if pol == nil {
 			pol, msg = c.Policy.Get(), c.policyMessage(it)
 		}
-		d := pol.Decide(ctx, msg, r.Addr, c.Checker)
+		var d policy.Decision
+		if it.Envelope.Report {
+			d = reportDecision(r.Addr)
+		} else {
+			d = pol.Decide(ctx, msg, r.Addr, c.Checker)
+		}
 		if ctx.Err() != nil {
 			return false // shutting down: an interrupted decision is not a decision
 		}
@@ -318,6 +336,12 @@ func (c *Courier) send(ctx context.Context, method string, req *deliver.Request)
 	start := time.Now()
 	results := c.Transport.Deliver(ctx, req)
 	<-sem
+	if c.TLSReports != nil && len(results) > 0 {
+		// One session per Deliver call: count it once (RFC 8460 §4.4).
+		if r, ok := tlsrpt.ResultFrom(req.Domain, results[0], "", "", nil); ok {
+			c.TLSReports.Record(r)
+		}
+	}
 	c.Metrics.DeliverySeconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
 	return results, true
 }

@@ -46,6 +46,10 @@ type Envelope struct {
 	Ret        string `json:"ret,omitempty"`   // FULL | HDRS
 	EnvID      string `json:"envid,omitempty"` // ENVID (decoded)
 	Body       string `json:"body,omitempty"`  // 7BIT | 8BITMIME | BINARYMIME
+	// Report marks a report postern generated for another organisation
+	// (RFC 8460 TLS report): it bypasses the policy engine and goes out
+	// over opportunistic TLS, as RFC 8460 §5.3 asks.
+	Report bool `json:"report,omitempty"`
 }
 
 // Recipient is the per-recipient state kept in the queue record.

@@ -20,6 +20,25 @@ import (
 	"github.com/postern-mail/postern/gateway/storage"
 )
 
+// enqueueReport queues a TLS report (already DKIM-signed when a key
+// exists) marked to bypass the policy engine.
+func enqueueReport(q *queue.Queue, from string, to []string, msg []byte) error {
+	w, err := q.NewMessage()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		w.Abort()
+		return fmt.Errorf("queue TLS report: %w", err)
+	}
+	rcpts := make([]*queue.Recipient, len(to))
+	for i, a := range to {
+		rcpts[i] = &queue.Recipient{Addr: a}
+	}
+	_, err = w.Commit(queue.Envelope{From: from, Report: true}, rcpts, "", "local")
+	return err
+}
+
 // Enqueue returns a function that queues a mail postern generated
 // (portal password-reset links, secure replies) on the same durable path
 // as SMTP ingress: it returns nil only once the message is committed.

@@ -40,6 +40,7 @@ import (
 	"github.com/postern-mail/postern/gateway/smtpd"
 	"github.com/postern-mail/postern/gateway/storage"
 	"github.com/postern-mail/postern/gateway/tlsmemory"
+	"github.com/postern-mail/postern/gateway/tlsrpt"
 	"github.com/postern-mail/postern/policy"
 )
 
@@ -184,9 +185,31 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	set.Portal = prt
 	set.ExportExpiry(m)
+	// TLS reports (RFC 8460) only for direct MX delivery: in relay mode
+	// the TLS seen is the relay hop's, not the recipient domain's.
+	var reports *tlsrpt.Collector
+	if cfg.Delivery.Mode == "mx" {
+		reportsDone := make(chan struct{})
+		reports, err = tlsrpt.Open(filepath.Join(cfg.Queue.Dir, "tlsrpt"))
+		if err != nil {
+			return fmt.Errorf("tls reports: %w", err)
+		}
+		reports.Log = log
+		sender := &tlsrpt.Sender{Resolver: opt.Resolver, From: "postmaster@" + cfg.Hostname, Hostname: cfg.Hostname,
+			DKIM: signer.Sign, Log: log,
+			HTTPClient: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
+			Enqueue: func(from string, to []string, msg []byte) error {
+				return enqueueReport(q, from, to, msg)
+			}}
+		rctx, rcancel := context.WithCancel(ctx)
+		defer func() { rcancel(); <-reportsDone }() // stop, and wait for the final flush of the counts
+		go func() { reports.Run(rctx, sender); close(reportsDone) }()
+	}
 	cour := &courier.Courier{Queue: q, Transport: transport, Policy: holder, Checker: set, Audit: auditLog,
 		Metrics: m, Hostname: cfg.Hostname, Retry: cfg.Queue.Retry, MaxAge: cfg.Queue.MaxAge,
-		PerDestination: cfg.Queue.PerDestination, Log: log, Encoders: set.Encoders(), DKIM: signer}
+		PerDestination: cfg.Queue.PerDestination, Log: log, Encoders: set.Encoders(), DKIM: signer,
+		TLSReports: reports}
 
 	tlsCfg, err := ServerTLS(cfg, log)
 	if err != nil {
