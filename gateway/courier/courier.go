@@ -57,7 +57,7 @@ type Courier struct {
 	DKIM *dkim.Signer
 
 	mu    sync.Mutex
-	dests map[string]chan struct{}
+	dests map[string]*dest
 }
 
 func (c *Courier) now() time.Time {
@@ -79,23 +79,45 @@ func (c *Courier) backoff(n int) time.Duration {
 	return c.Retry[len(c.Retry)-1]
 }
 
-// destination limits parallel sessions per recipient domain.
-func (c *Courier) destination(domain string) chan struct{} {
+// dest is the per-recipient-domain session limit; entries are dropped
+// when no delivery uses them, so the map does not grow with every domain
+// ever seen.
+type dest struct {
+	sem   chan struct{}
+	users int
+}
+
+// acquire waits for a session slot for domain (queue.per_destination).
+func (c *Courier) acquire(ctx context.Context, domain string) (release func(), ok bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.dests == nil {
-		c.dests = map[string]chan struct{}{}
+		c.dests = map[string]*dest{}
 	}
-	ch, ok := c.dests[domain]
-	if !ok {
+	d := c.dests[domain]
+	if d == nil {
 		n := c.PerDestination
 		if n < 1 {
 			n = 1
 		}
-		ch = make(chan struct{}, n)
-		c.dests[domain] = ch
+		d = &dest{sem: make(chan struct{}, n)}
+		c.dests[domain] = d
 	}
-	return ch
+	d.users++
+	c.mu.Unlock()
+	done := func() {
+		c.mu.Lock()
+		if d.users--; d.users == 0 {
+			delete(c.dests, domain)
+		}
+		c.mu.Unlock()
+	}
+	select {
+	case d.sem <- struct{}{}:
+		return func() { <-d.sem; done() }, true
+	case <-ctx.Done():
+		done()
+		return nil, false
+	}
 }
 
 func domainOf(addr string) string {
@@ -327,15 +349,13 @@ func (c *Courier) request(it *queue.Item, domain, level string, rs []*queue.Reci
 
 // send runs the transport under the per-destination limit.
 func (c *Courier) send(ctx context.Context, method string, req *deliver.Request) ([]deliver.Result, bool) {
-	sem := c.destination(req.Domain)
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
+	release, ok := c.acquire(ctx, req.Domain)
+	if !ok {
 		return nil, false
 	}
 	start := time.Now()
 	results := c.Transport.Deliver(ctx, req)
-	<-sem
+	release()
 	if c.TLSReports != nil && len(results) > 0 {
 		// One session per Deliver call: count it once (RFC 8460 §4.4).
 		if r, ok := tlsrpt.ResultFrom(req.Domain, results[0], "", "", nil); ok {
