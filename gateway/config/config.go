@@ -117,6 +117,10 @@ type Portal struct {
 	Listen, BaseURL, TLSCert, TLSKey, MasterKeyFile string        // listen default "127.0.0.1:8443"; BaseURL without a trailing "/"
 	MessageTTL                                      time.Duration // default 720h
 	NotifyFrom                                      string
+	// TrustedProxies (extension, yaml trusted_proxies): reverse proxies
+	// whose X-Forwarded-For names the client for the portal's per-IP
+	// limits. Empty: the connecting address is the client.
+	TrustedProxies []netip.Prefix
 }
 
 // Storage is the `storage:` section.

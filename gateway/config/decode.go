@@ -726,6 +726,7 @@ func (d *decoder) portalFields() []field {
 		{"master_key_file", d.str(&p.MasterKeyFile)},
 		{"message_ttl", d.duration(&p.MessageTTL)},
 		{"notify_from", d.str(&p.NotifyFrom)},
+		{"trusted_proxies", d.networks(&p.TrustedProxies)},
 	}
 }
 

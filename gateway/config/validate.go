@@ -627,6 +627,9 @@ func (d *decoder) portal() {
 	if p.MasterKeyFile == "" && !d.failed["portal.master_key_file"] {
 		d.addf(d.firstLine("portal.master_key_file", "portal.base_url"), "portal.master_key_file: required when portal.base_url is set: portal messages are encrypted at rest")
 	}
+	if p.NotifyFrom == "" && !d.failed["portal.notify_from"] {
+		d.addf(d.firstLine("portal.notify_from", "portal.base_url"), "portal.notify_from: required when portal.base_url is set: the sender of portal notices")
+	}
 }
 
 // MasterKeySize is the size of the portal master key (SPEC §3: 32 random

@@ -269,7 +269,9 @@ func (c *Courier) decide(ctx context.Context, it *queue.Item, due []*queue.Recip
 		msg *policy.Message
 	)
 	for _, r := range due {
-		if r.Decided {
+		// A recipient for whom no method was available is decided again
+		// at each attempt: a key or certificate published since counts.
+		if r.Decided && r.Method != "" {
 			continue
 		}
 		if pol == nil {
@@ -372,7 +374,31 @@ func (c *Courier) deliverTLS(ctx context.Context, it *queue.Item, domain, level 
 	if level == "" {
 		level = deliver.LevelVerify
 	}
-	req := c.request(it, domain, level, rs, func() (io.ReadCloser, error) { return c.Queue.OpenBody(it.ID) })
+	open := func() (io.ReadCloser, error) { return c.Queue.OpenBody(it.ID) }
+	if sd := domainOf(it.Envelope.From); c.DKIM.Has(sd) {
+		// SPEC §5: the TLS copy is unchanged but for Received and, when
+		// configured, a DKIM signature.
+		body, err := c.Queue.OpenBody(it.ID)
+		if err != nil {
+			return c.temporaryAll(it, rs, "cannot read queued message", log)
+		}
+		tmp, err := c.Queue.TempFile()
+		if err == nil {
+			err = c.DKIM.Sign(tmp, body, sd)
+			if cerr := tmp.Close(); err == nil {
+				err = cerr
+			}
+			defer os.Remove(tmp.Name())
+		}
+		body.Close()
+		if err != nil {
+			log.Error("DKIM signing failed", "err", err)
+			return c.temporaryAll(it, rs, "DKIM signing failed", log)
+		}
+		signed := tmp.Name()
+		open = func() (io.ReadCloser, error) { return os.Open(signed) }
+	}
+	req := c.request(it, domain, level, rs, open)
 	results, ok := c.send(ctx, policy.TLS, req)
 	if !ok {
 		return nil
@@ -529,6 +555,17 @@ func (c *Courier) outcome(ctx context.Context, it *queue.Item, r *queue.Recipien
 		log.Error("audit write failed", "err", err)
 	}
 	return f, bounce
+}
+
+// temporaryAll defers every recipient of rs for a local reason.
+func (c *Courier) temporaryAll(it *queue.Item, rs []*queue.Recipient, reason string, log *slog.Logger) []failure {
+	var fs []failure
+	for _, r := range rs {
+		if f, ok := c.temporary(it, r, policy.TLS, reason, "", log); ok {
+			fs = append(fs, f)
+		}
+	}
+	return fs
 }
 
 // temporary defers a recipient for a local reason (bouncing it once

@@ -101,7 +101,8 @@ func NewPortal(cfg *config.Config, st storage.Store, send func(context.Context, 
 	p, err := portal.New(portal.Options{
 		BaseURL: cfg.Portal.BaseURL, NotifyFrom: cfg.Portal.NotifyFrom, Hostname: cfg.Hostname,
 		MessageTTL: cfg.Portal.MessageTTL, MasterKey: key, Store: st, Send: send, Event: event,
-		Log: log.With("component", "portal"),
+		TrustedProxies: cfg.Portal.TrustedProxies,
+		Log:            log.With("component", "portal"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("portal: %w", err)

@@ -324,6 +324,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var portalSrv *http.Server
 	if prt != nil {
 		portalSrv = servePortal(ctx, cfg, prt, log)
+		if cfg.Portal.TLSCert != "" {
+			if pair, err := tls.LoadX509KeyPair(cfg.Portal.TLSCert, cfg.Portal.TLSKey); err == nil {
+				if leaf, err := x509.ParseCertificate(pair.Certificate[0]); err == nil {
+					m.CertExpiry.WithLabelValues("portal").Set(float64(leaf.NotAfter.Unix()))
+				}
+			}
+		}
 	}
 	smtpDone := make(chan error, 1)
 	go func() { smtpDone <- ingress.Serve(smtpLn) }()
