@@ -398,6 +398,11 @@ func (t *Relay) Deliver(ctx context.Context, req *Request) []Result {
 	}
 	r := *req
 	r.TLSLevel = t.Level
+	if probed != nil && t.Level != LevelVerify {
+		// The copy's plan requires TLS: it never crosses the relay hop in
+		// plaintext, whatever relay_tls says (SPEC §8).
+		r.TLSLevel = LevelEncrypt
+	}
 	var addrs []string
 	if _, err := netip.ParseAddr(host); err == nil {
 		addrs = []string{t.Addr}
@@ -509,6 +514,10 @@ func session(ctx context.Context, o *Options, req *Request, hp *hostPlan, addr s
 	if err != nil {
 		return all(req, Temporary, "4.4.1", fmt.Sprintf("connect to %s (%s): %v", host, addr, err), mxName, nil), true
 	}
+	// Deadlines bound each command; the context (shutdown grace) aborts
+	// the whole session.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	c := newClient(conn, o.CommandTimeout)
 	defer c.quit()
 	if err := c.greet(o.Hostname); err != nil {
@@ -521,6 +530,13 @@ func session(ctx context.Context, o *Options, req *Request, hp *hostPlan, addr s
 
 	var policyFailure string
 	ts, outcome, err := negotiateTLS(c, o, hp, req.TLSLevel, req.Params.RequireTLS, &policyFailure)
+	if err != nil && errors.Is(err, errPlainRetry) && req.TLSLevel != LevelNone {
+		c.quit()
+		plain := *req
+		plain.TLSLevel = LevelNone
+		o.log().Info("opportunistic TLS failed; retrying without TLS", "host", host, "err", err)
+		return session(ctx, o, &plain, hp, addr)
+	}
 	if err != nil {
 		if outcome == TLSUnavailable {
 			return all(req, TLSUnavailable, "4.7.5", err.Error(), mxName, nil), true

@@ -197,9 +197,20 @@ func negotiateTLS(c *client, o *Options, hp *hostPlan, level string, requireTLS 
 		},
 	}
 	if err := c.startTLS(cfg, o.Hostname); err != nil {
-		var te *tlsError
-		if errors.As(err, &te) {
-			return nil, TLSUnavailable, fmt.Errorf("%s: %w", host, err)
+		var (
+			te *tlsError
+			re *ReplyError
+		)
+		switch {
+		case !mustTLS && (errors.As(err, &te) || errors.As(err, &re)):
+			// Opportunistic: a refused STARTTLS or a failed handshake
+			// means sending without TLS on a new connection (RFC 3207
+			// §4.1), as other MTAs do.
+			return nil, Temporary, fmt.Errorf("%s: %w: %w", host, errPlainRetry, err)
+		case errors.As(err, &te), errors.As(err, &re):
+			// Mandatory TLS that the host cannot do: not a bounce, the
+			// TLS requirement is unmet (fall through or defer).
+			return nil, TLSUnavailable, fmt.Errorf("%s: STARTTLS: %w", host, err)
 		}
 		return nil, Temporary, err
 	}
@@ -207,6 +218,9 @@ func negotiateTLS(c *client, o *Options, hp *hostPlan, level string, requireTLS 
 	state.Cipher = tls.CipherSuiteName(c.tls.CipherSuite)
 	return state, Delivered, nil
 }
+
+// errPlainRetry: opportunistic TLS failed; retry the host without TLS.
+var errPlainRetry = errors.New("opportunistic TLS failed, retrying without TLS")
 
 // requirement names why TLS is mandatory, for error messages.
 func requirement(hp *hostPlan, level string, enforceSTS bool) string {

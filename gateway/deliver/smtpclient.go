@@ -70,7 +70,7 @@ func (c *client) readReply() (Reply, []string, error) {
 	var lines []string
 	code := 0
 	for {
-		line, err := c.text.ReadLine()
+		line, err := c.readLine()
 		if err != nil {
 			return Reply{}, nil, fmt.Errorf("read reply: %w", err)
 		}
@@ -114,6 +114,29 @@ func (c *client) readReply() (Reply, []string, error) {
 	}
 	r.Text = truncate(strings.Join(texts, "; "), 400)
 	return r, lines, nil
+}
+
+// maxReplyLine bounds one reply line (RFC 5321 §4.5.3.1.5 allows 512
+// octets; we are lenient but a hostile server cannot exhaust memory).
+const maxReplyLine = 64 << 10
+
+// readLine reads one reply line without its CRLF, refusing over-long ones.
+func (c *client) readLine() (string, error) {
+	var buf []byte
+	for {
+		frag, err := c.text.R.ReadSlice('\n')
+		buf = append(buf, frag...)
+		if len(buf) > maxReplyLine {
+			return "", errors.New("reply line too long")
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return "", err
+		}
+	}
+	return strings.TrimRight(string(buf), "\r\n"), nil
 }
 
 func cutEnhanced(s string, code int) (string, string, bool) {
