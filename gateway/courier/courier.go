@@ -180,6 +180,19 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 		r.NextAttempt = now.Add(c.backoff(r.Attempts))
 	}
 	ok := c.decide(ctx, it, due, log)
+	if !ok {
+		// No decision possible now (shutting down, message unreadable):
+		// retried as booked, bounced once queue.max_age is exceeded.
+		var fs []failure
+		for _, r := range due {
+			if f, expired := c.expire(it, r, "no policy decision could be taken", ""); expired {
+				fs = append(fs, f)
+			}
+		}
+		if len(fs) > 0 {
+			c.bounce(it, fs, log)
+		}
+	}
 	if err := c.Queue.Save(it); err != nil {
 		log.Error("cannot book next attempt; not trying now", "err", err)
 		return
@@ -275,7 +288,13 @@ func (c *Courier) decide(ctx context.Context, it *queue.Item, due []*queue.Recip
 			continue
 		}
 		if pol == nil {
-			pol, msg = c.Policy.Get(), c.policyMessage(it)
+			var err error
+			if msg, err = c.policyMessage(it); err != nil {
+				// Fail closed: no decision on a header we could not read.
+				log.Error("cannot read message header for policy; deferring", "err", err)
+				return false
+			}
+			pol = c.Policy.Get()
 		}
 		var d policy.Decision
 		if it.Envelope.Report {
@@ -683,16 +702,30 @@ func (c *Courier) bounce(it *queue.Item, fs []failure, log *slog.Logger) {
 	if it.Envelope.From == "" || len(rcpts) == 0 {
 		return
 	}
+	if err := c.queueDSN(it, rcpts, log); err != nil {
+		// Never lose a bounce: the recipients stay pending, and the next
+		// attempt (already booked) bounces them again and retries the DSN.
+		log.Error("cannot queue DSN; the bounce will be retried", "err", err)
+		for _, f := range fs {
+			if f.r.WantsDSN("FAILURE") {
+				f.r.State = queue.Pending
+				f.r.LastError = "bounce pending: DSN not queued: " + f.diag
+			}
+		}
+	}
+}
+
+// queueDSN builds the RFC 3464 DSN (DKIM-signed for the hostname's domain
+// when a key exists) and commits it to the queue.
+func (c *Courier) queueDSN(it *queue.Item, rcpts []dsn.Recipient, log *slog.Logger) error {
 	w, err := c.Queue.NewMessage()
 	if err != nil {
-		log.Error("cannot queue DSN", "err", err)
-		return
+		return err
 	}
 	body, err := c.Queue.OpenBody(it.ID)
 	if err != nil {
 		w.Abort()
-		log.Error("cannot read message for DSN", "err", err)
-		return
+		return fmt.Errorf("read message for DSN: %w", err)
 	}
 	defer body.Close()
 	params := dsn.Params{ReportingMTA: c.Hostname, Sender: it.Envelope.From, EnvelopeID: it.Envelope.EnvID,
@@ -709,16 +742,15 @@ func (c *Courier) bounce(it *queue.Item, fs []failure, log *slog.Logger) {
 	}
 	if err != nil {
 		w.Abort()
-		log.Error("cannot build DSN", "err", err)
-		return
+		return fmt.Errorf("build DSN: %w", err)
 	}
 	d, err := w.Commit(queue.Envelope{From: "", UTF8: it.Envelope.UTF8}, []*queue.Recipient{{Addr: it.Envelope.From}},
 		"<"+w.ID()+"@"+c.Hostname+">", "local")
 	if err != nil {
-		log.Error("cannot queue DSN", "err", err)
-		return
+		return err
 	}
 	log.Info("DSN queued", "dsn_queue_id", d.ID, "to", it.Envelope.From, "recipients", len(rcpts))
+	return nil
 }
 
 // toPermanent turns a 4.x.x status into 5.x.x for a final failure (RFC 3464
@@ -735,19 +767,85 @@ func toPermanent(s string) string {
 
 // policyMessage builds what the policy engine sees: envelope sender, the
 // header block (bounded) and the size; the body is opened on demand.
-func (c *Courier) policyMessage(it *queue.Item) *policy.Message {
-	m := &policy.Message{From: it.Envelope.From, Size: it.Size, Header: textproto.MIMEHeader{},
+func (c *Courier) policyMessage(it *queue.Item) (*policy.Message, error) {
+	m := &policy.Message{From: it.Envelope.From, Size: it.Size,
 		Open: func() (io.ReadCloser, error) { return c.Queue.OpenBody(it.ID) }}
 	f, err := c.Queue.OpenBody(it.ID)
 	if err != nil {
-		return m
+		return nil, err
 	}
 	defer f.Close()
-	h, err := textproto.NewReader(bufio.NewReader(io.LimitReader(f, 1<<20))).ReadMIMEHeader()
-	if err == nil || len(h) > 0 {
-		m.Header = h
+	h, err := readHeader(f, maxHeaderBytes)
+	if err != nil {
+		return nil, err
 	}
-	return m
+	m.Header = h
+	return m, nil
+}
+
+// maxHeaderBytes bounds the header block the policy reads.
+const maxHeaderBytes = 1 << 20
+
+// readHeader reads a message's header block leniently (RFC 5322 §2.2):
+// a malformed line is skipped rather than ending the header, so a rule on
+// a field below it (a [secure] Subject) still matches; "Name :" counts as
+// "Name". A header block larger than max is an error: the decision would
+// be taken on part of the header, and could pick weaker protection.
+func readHeader(r io.Reader, max int) (textproto.MIMEHeader, error) {
+	br := bufio.NewReader(io.LimitReader(r, int64(max)+1))
+	h := textproto.MIMEHeader{}
+	var name, val string
+	flush := func() {
+		if name != "" {
+			h.Add(textproto.CanonicalMIMEHeaderKey(name), strings.TrimSpace(val))
+		}
+		name, val = "", ""
+	}
+	total := 0
+	for {
+		line, err := br.ReadString('\n')
+		total += len(line)
+		if total > max {
+			return nil, fmt.Errorf("header block larger than %d bytes", max)
+		}
+		l := strings.TrimRight(line, "\r\n")
+		switch {
+		case l == "":
+			if err == nil || line != "" {
+				flush()
+				return h, nil
+			}
+		case l[0] == ' ' || l[0] == '\t':
+			if name != "" {
+				val += " " + strings.TrimSpace(l)
+			}
+		default:
+			flush()
+			if n, v, ok := strings.Cut(l, ":"); ok && validFieldName(strings.TrimSpace(n)) {
+				name, val = strings.TrimSpace(n), v
+			}
+		}
+		if err != nil {
+			flush()
+			if errors.Is(err, io.EOF) {
+				return h, nil // a message that is all header
+			}
+			return nil, err
+		}
+	}
+}
+
+// validFieldName: printable US-ASCII except ":" (RFC 5322 §2.2).
+func validFieldName(n string) bool {
+	if n == "" {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		if n[i] < 33 || n[i] > 126 || n[i] == ':' {
+			return false
+		}
+	}
+	return true
 }
 
 // stripSubjectTag returns msg with tag removed from its Subject header

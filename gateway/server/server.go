@@ -228,6 +228,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		MaxConnections: cfg.SMTP.MaxConnections, MaxLineLength: cfg.SMTP.MaxLineLength,
 		ReadTimeout: cfg.SMTP.ReadTimeout, WriteTimeout: cfg.SMTP.WriteTimeout,
 		AllowedNetworks: cfg.SMTP.AllowedNetworks, ClientCertNames: cfg.SMTP.ClientCertNames,
+		ClientCert: cfg.ClientCertRequired(),
 		Users: users, SenderDomains: cfg.SMTP.SenderDomains, Queue: q, Metrics: m, Log: log,
 	})
 	smtpLn, err := net.Listen("tcp", cfg.SMTP.Listen)
@@ -335,11 +336,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	smtpDone := make(chan error, 1)
 	go func() { smtpDone <- ingress.Serve(smtpLn) }()
 
+	var serveErr error
 	select {
 	case <-ctx.Done():
-	case err := <-smtpDone:
-		if err != nil {
-			log.Error("smtp server stopped", "err", err)
+	case serveErr = <-smtpDone:
+		// The SMTP listener died: drain and exit non-zero rather than
+		// linger without ingress.
+		log.Error("smtp server stopped", "err", serveErr)
+		stop()
+		if serveErr == nil {
+			serveErr = errors.New("smtp server stopped")
 		}
 	}
 	// Drain: stop accepting, let in-flight SMTP transactions finish, stop
@@ -361,7 +367,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		_ = portalSrv.Shutdown(sctx)
 	}
 	log.Info("stopped", "queued", q.Len())
-	return nil
+	return serveErr
 }
 
 // ServerTLS returns the STARTTLS configuration: the configured pair, or a

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/mail"
 	"net/netip"
 	"slices"
 	"strings"
@@ -43,6 +44,7 @@ type Options struct {
 	WriteTimeout    time.Duration
 	AllowedNetworks []netip.Prefix
 	ClientCertNames []string          // when set, a verified client certificate naming one of these is required
+	ClientCert      bool              // a verified client certificate is required (smtp.client_ca set)
 	Users           map[string][]byte // user → bcrypt hash; when set, AUTH is required
 	SenderDomains   []string
 
@@ -278,11 +280,14 @@ func (ss *session) relayAllowed() (bool, string) {
 	if !ss.ip.IsValid() || !slices.ContainsFunc(o.AllowedNetworks, func(p netip.Prefix) bool { return p.Contains(ss.ip) }) {
 		return false, "client address not in allowed_networks"
 	}
-	if len(o.ClientCertNames) > 0 {
+	if o.ClientCert || len(o.ClientCertNames) > 0 {
 		st, ok := ss.tlsState()
 		if !ok || len(st.VerifiedChains) == 0 {
 			return false, "no verified client certificate"
 		}
+	}
+	if len(o.ClientCertNames) > 0 {
+		st, _ := ss.tlsState()
 		leaf := st.VerifiedChains[0][0]
 		names := append([]string{leaf.Subject.CommonName}, leaf.DNSNames...)
 		match := false
@@ -347,6 +352,11 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if _, _, err := ParseAddress(to); err != nil {
 		return errBadAddr
 	}
+	for _, have := range ss.rcpts {
+		if strings.EqualFold(have.Addr, to) {
+			return nil // the same recipient twice: one copy (RFC 5321 §3.3 lets us accept it)
+		}
+	}
 	r := &queue.Recipient{Addr: to}
 	if opts != nil {
 		for _, n := range opts.Notify {
@@ -376,7 +386,13 @@ func (ss *session) Data(r io.Reader) error {
 		return errTempLocal
 	}
 	log := ss.log.With("queue_id", w.ID())
-	msgID, err := ss.copyMessage(w, r)
+	msgID, hdrFrom, err := ss.copyMessage(w, r)
+	if err == nil && *ss.from == "" && len(ss.s.opt.SenderDomains) > 0 && !ss.headerFromAllowed(hdrFrom) {
+		// A null sender (bounce) carries no domain to check; its header
+		// From must then be one of ours, or MAIL FROM:<> would let anyone
+		// behind the same network or certificate relay anything.
+		err = errSenderDom
+	}
 	if err != nil {
 		w.Abort()
 		var se *smtp.SMTPError
@@ -408,29 +424,28 @@ func (ss *session) Data(r io.Reader) error {
 // copyMessage writes our Received header, then the message, counting hops
 // and adding a Message-ID when the header has none (RFC 5321 §6.4 lets a
 // submission relay add one). It returns the message's Message-ID.
-func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (string, error) {
+func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (msgID, from string, err error) {
 	if _, err := io.WriteString(w, ss.received(w.ID())); err != nil {
-		return "", err
+		return "", "", err
 	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	hops := 1 // ours
-	msgID := ""
-	inMsgID := false
+	inMsgID, inFrom := false, false
 	for {
 		line, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			// An over-long header line: keep it, unparsed.
 			if _, werr := w.Write(line); werr != nil {
-				return "", werr
+				return "", "", werr
 			}
 			for errors.Is(err, bufio.ErrBufferFull) {
 				line, err = br.ReadSlice('\n')
 				if _, werr := w.Write(line); werr != nil {
-					return "", werr
+					return "", "", werr
 				}
 			}
 			if err != nil && err != io.EOF {
-				return "", err
+				return "", "", err
 			}
 			if err == io.EOF {
 				break
@@ -438,18 +453,18 @@ func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (string, error) {
 			continue
 		}
 		if err != nil && err != io.EOF {
-			return "", err
+			return "", "", err
 		}
 		isEnd := len(line) == 0 || string(line) == "\r\n" || string(line) == "\n"
 		if isEnd {
 			if msgID == "" {
 				msgID = "<" + w.ID() + "@" + ss.s.opt.Hostname + ">"
 				if _, werr := io.WriteString(w, "Message-ID: "+msgID+"\r\n"); werr != nil {
-					return "", werr
+					return "", "", werr
 				}
 			}
 			if _, werr := w.Write(line); werr != nil {
-				return "", werr
+				return "", "", werr
 			}
 			break
 		}
@@ -457,35 +472,57 @@ func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (string, error) {
 			if inMsgID && msgID == "" {
 				msgID = strings.TrimSpace(string(line))
 			}
+			if inFrom {
+				from += " " + strings.TrimSpace(string(line))
+			}
 		} else {
-			inMsgID = false
+			inMsgID, inFrom = false, false
 			name, val, _ := strings.Cut(string(line), ":")
 			switch {
 			case strings.EqualFold(strings.TrimSpace(name), "Received"):
 				hops++
 				if hops > MaxHops {
 					_, _ = io.Copy(io.Discard, br)
-					return "", errLoop
+					return "", "", errLoop
 				}
 			case strings.EqualFold(strings.TrimSpace(name), "Message-ID"):
 				msgID = strings.TrimSpace(val)
 				inMsgID = true
+			case strings.EqualFold(strings.TrimSpace(name), "From") && from == "":
+				from = strings.TrimSpace(val)
+				inFrom = true
 			}
 		}
 		if _, werr := w.Write(line); werr != nil {
-			return "", werr
+			return "", "", werr
 		}
 		if err == io.EOF {
 			break
 		}
 	}
 	if _, err := io.Copy(w, br); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if len(msgID) > 998 {
 		msgID = msgID[:998]
 	}
-	return msgID, nil
+	return msgID, from, nil
+}
+
+// headerFromAllowed reports whether the header From address is in
+// sender_domains.
+func (ss *session) headerFromAllowed(from string) bool {
+	addrs, err := mail.ParseAddressList(from)
+	if err != nil || len(addrs) == 0 {
+		return false
+	}
+	for _, a := range addrs {
+		_, dom, err := ParseAddress(a.Address)
+		if err != nil || !slices.Contains(ss.s.opt.SenderDomains, dom) {
+			return false
+		}
+	}
+	return true
 }
 
 // received builds our trace header (RFC 5321 §4.4, protocol names RFC 3848).
