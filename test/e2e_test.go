@@ -16,6 +16,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/dnsr/dnstest"
+	"github.com/postern-mail/postern/internal/testpki"
 )
 
 // world is a loopback Internet: a DNS server, recipient MXes on several
@@ -24,7 +25,7 @@ type world struct {
 	t       *testing.T
 	dir     string
 	dns     *dnstest.Server
-	ca      *testCA
+	ca      *testpki.CA
 	mxPort  int
 	smtp    string // postern's SMTP address
 	admin   string
@@ -50,7 +51,7 @@ func newWorld(t *testing.T) *world {
 	if _, err := exec.LookPath("swaks"); err != nil {
 		t.Fatal("swaks is required for the end-to-end tests (apt-get install swaks)")
 	}
-	w := &world{t: t, dir: t.TempDir(), ca: newCA(t)}
+	w := &world{t: t, dir: t.TempDir(), ca: testpki.NewCA(t, "postern test CA")}
 	d, err := dnstest.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func newWorld(t *testing.T) *world {
 		d.SetA("mx."+dom, ip)
 	}
 	w.mxPort = freePortOn(t, ipTLS, ipPlain, ipSender, ipLater)
-	if err := os.WriteFile(filepath.Join(w.dir, "ca.pem"), w.ca.pem, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(w.dir, "ca.pem"), w.ca.PEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return w
@@ -72,7 +73,7 @@ func (w *world) receiver(ip, name string, withTLS bool) *receiver {
 	if !withTLS {
 		return startReceiver(w.t, fmt.Sprintf("%s:%d", ip, w.mxPort), nil)
 	}
-	cert := w.ca.issue(w.t, name)
+	cert := w.ca.Server(w.t, name)
 	return startReceiver(w.t, fmt.Sprintf("%s:%d", ip, w.mxPort), &cert)
 }
 
@@ -432,7 +433,10 @@ func TestRelayModeProbesRecipientTLS(t *testing.T) {
 	w := newWorld(t)
 	const ipRelay = "127.0.0.6"
 	relayPort := freePortOn(t, ipRelay)
-	relay := startReceiver(t, fmt.Sprintf("%s:%d", ipRelay, relayPort), nil)
+	// The relay offers STARTTLS: with relay_tls none a copy whose plan
+	// needs TLS still crosses this hop encrypted (never plaintext).
+	relayCert := w.ca.Server(t, "relay.example.org")
+	relay := startReceiver(t, fmt.Sprintf("%s:%d", ipRelay, relayPort), &relayCert)
 	w.receiver(ipTLS, "mx.tls.example", true) // probed, never sent to
 	w.receiver(ipPlain, "mx.plain.example", false)
 	w.mode = fmt.Sprintf("mode: relay\n  relay: \"%s:%d\"\n  relay_tls: none", ipRelay, relayPort)
@@ -451,6 +455,9 @@ func TestRelayModeProbesRecipientTLS(t *testing.T) {
 	msgs := relay.messages()
 	if len(msgs) != 1 || msgs[0].Rcpts[0] != "bob@tls.example" {
 		t.Fatalf("relay got %d messages (%v); only bob@tls.example may be handed over", len(msgs), msgs)
+	}
+	if !msgs[0].TLS {
+		t.Fatal("a copy whose plan requires TLS crossed the relay hop in plaintext")
 	}
 	rec := w.findAudit("delivery", "carol@plain.example", "deferred")
 	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "STARTTLS") {

@@ -21,49 +21,30 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern-mail/postern/certs/pgpkeys/pgptest"
 	"github.com/postern-mail/postern/gateway/dnsr"
+	"github.com/postern-mail/postern/internal/testpki"
 )
 
-// gpgHome makes a GnuPG home with a key pair for uid (ed25519 + cv25519
-// encryption subkey) and exports the public key into dir/name.asc.
-func gpgHome(t *testing.T, uid, exportDir string) string {
+// gpgHome makes a GnuPG home with a key pair for uid (gpg's default
+// algorithms: ed25519 + cv25519 encryption subkey) and exports the public
+// key into exportDir/key.asc.
+func gpgHome(t *testing.T, uid, exportDir string) *pgptest.GPG {
 	t.Helper()
-	if _, err := exec.LookPath("gpg"); err != nil {
-		t.Fatal("gpg is required (apt-get install gnupg)")
-	}
-	home, err := os.MkdirTemp("", "gpg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
-		os.RemoveAll(home)
-	})
-	gpg := func(args ...string) []byte {
-		cmd := exec.Command("gpg", append([]string{"--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
-		out, err := cmd.Output()
-		if err != nil {
-			stderr := ""
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = string(ee.Stderr)
-			}
-			t.Fatalf("gpg %v: %v\n%s", args, err, stderr)
-		}
-		return out
-	}
-	gpg("--quick-gen-key", uid, "future-default", "default", "never")
-	pub := gpg("--armor", "--export", uid)
+	g := pgptest.NewRequired(t)
+	fpr := g.GenKey(uid, "future-default", "default", "never")
+	pub := g.Export(fpr, true)
 	if err := os.MkdirAll(exportDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(exportDir, "key.asc"), pub, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return home
+	return g
 }
 
 // gpgDecrypt decrypts the PGP/MIME message's encrypted part.
-func gpgDecrypt(t *testing.T, home string, msg []byte) []byte {
+func gpgDecrypt(t *testing.T, g *pgptest.GPG, msg []byte) []byte {
 	t.Helper()
 	m, err := mail.ReadMessage(bytes.NewReader(msg))
 	if err != nil {
@@ -88,15 +69,7 @@ func gpgDecrypt(t *testing.T, home string, msg []byte) []byte {
 			armored = b
 		}
 	}
-	cmd := exec.Command("gpg", "--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--decrypt")
-	cmd.Stdin = bytes.NewReader(armored)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("gpg --decrypt: %v\n%s", err, stderr.String())
-	}
-	return out
+	return g.Run(armored, "--decrypt")
 }
 
 func TestPGPRecipientGetsEncryptedCopy(t *testing.T) {
@@ -104,7 +77,7 @@ func TestPGPRecipientGetsEncryptedCopy(t *testing.T) {
 	w.dns.SetMX("pgp.example", dnsrMX("mx.pgp.example"))
 	w.dns.SetA("mx.pgp.example", ipPlain)
 	mx := w.receiver(ipPlain, "mx.pgp.example", false) // no TLS: the copy is encrypted anyway
-	home := gpgHome(t, "Alice <alice@pgp.example>", filepath.Join(w.dir, "pgp"))
+	g := gpgHome(t, "Alice <alice@pgp.example>", filepath.Join(w.dir, "pgp"))
 	w.keys = "  pgp_dir: pgp\n"
 	w.start()
 	const body = "Diagnosis: confidential.\r\n"
@@ -117,7 +90,7 @@ func TestPGPRecipientGetsEncryptedCopy(t *testing.T) {
 	if bytes.Contains(got, []byte("confidential")) || bytes.Contains(got, []byte("lab results")) {
 		t.Fatalf("plaintext body or subject left postern:\n%s", got)
 	}
-	plain := gpgDecrypt(t, home, got)
+	plain := gpgDecrypt(t, g, got)
 	for _, want := range []string{"Subject: lab results", "Diagnosis: confidential.", "protected-headers=\"v1\""} {
 		if !bytes.Contains(plain, []byte(want)) {
 			t.Errorf("decrypted copy lacks %q:\n%s", want, plain)
@@ -138,7 +111,7 @@ func TestPGPRecipientGetsEncryptedCopy(t *testing.T) {
 func TestFallThroughTLSToPGP(t *testing.T) {
 	w := newWorld(t)
 	mx := w.receiver(ipPlain, "mx.plain.example", false)
-	home := gpgHome(t, "Carol <carol@plain.example>", filepath.Join(w.dir, "pgp"))
+	g := gpgHome(t, "Carol <carol@plain.example>", filepath.Join(w.dir, "pgp"))
 	w.keys = "  pgp_dir: pgp\n"
 	w.policy = "methods: [tls, pgp]\ntls: {level: verify}\n"
 	w.start()
@@ -150,7 +123,7 @@ func TestFallThroughTLSToPGP(t *testing.T) {
 	if bytes.Contains(got, []byte("secret words")) {
 		t.Fatal("plaintext left postern")
 	}
-	if plain := gpgDecrypt(t, home, got); !bytes.Contains(plain, []byte("secret words")) {
+	if plain := gpgDecrypt(t, g, got); !bytes.Contains(plain, []byte("secret words")) {
 		t.Fatalf("decrypted copy:\n%s", plain)
 	}
 	fb := w.findAudit("fallback", "carol@plain.example", "")
@@ -182,7 +155,7 @@ func TestSMIMERecipientGetsEncryptedCopy(t *testing.T) {
 		KeyUsage:    x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, w.ca.cert, &key.PublicKey, w.ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, w.ca.Cert, &key.PublicKey, w.ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,8 +211,8 @@ func TestSMIMERecipientGetsEncryptedCopy(t *testing.T) {
 // second domain whose TLSA does not match gets nothing.
 func TestDANEDelivery(t *testing.T) {
 	w := newWorld(t)
-	cert := w.ca.issue(t, "not-the-mx-name.example")
-	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	cert := w.ca.Server(t, "not-the-mx-name.example")
+	leaf := testpki.Leaf(t, cert)
 	spki := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
 	mx := startReceiver(t, fmt.Sprintf("%s:%d", ipTLS, w.mxPort), &cert)
 	for _, dom := range []string{"dane.example", "badtlsa.example"} {

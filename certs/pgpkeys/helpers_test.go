@@ -3,71 +3,22 @@ package pgpkeys
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
-)
 
-// testCA makes a CA and a server certificate for names, returning the
-// server's TLS config and a pool trusting the CA.
-func testCA(t testing.TB, names ...string) (*tls.Config, *x509.CertPool) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "postern test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}}}, pool
-}
+	"github.com/postern-mail/postern/internal/testpki"
+)
 
 // keyServer is a loopback HTTPS server standing in for every WKD and VKS
 // host of a test; dial maps those names to it.
@@ -85,15 +36,15 @@ func newKeyServer(t *testing.T, handler http.HandlerFunc, hosts ...string) *keyS
 	for _, h := range hosts {
 		ks.hosts[h] = true
 	}
-	cfg, pool := testCA(t, hosts...)
-	ks.pool = pool
+	ca := testpki.NewCA(t, "postern test CA")
+	ks.pool = ca.Pool()
 	ks.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ks.mu.Lock()
 		ks.hits = append(ks.hits, r.Host+r.URL.RequestURI())
 		ks.mu.Unlock()
 		handler(w, r)
 	}))
-	ks.srv.TLS = cfg
+	ks.srv.TLS = ca.ServerTLS(t, hosts...)
 	ks.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
 	ks.srv.StartTLS()
 	t.Cleanup(ks.srv.Close)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/postern-mail/postern/certs/pgpkeys/pgptest"
 )
 
 // TestGPGKeysFromDir reads keys made by GnuPG from keys.pgp_dir and checks
@@ -18,18 +20,18 @@ import (
 // an encryption subkey, an expired key and a revoked key refused with their
 // reasons.
 func TestGPGKeysFromDir(t *testing.T) {
-	g := newGPG(t)
-	alice := g.genKey("Alice Example <alice@x.example>", "ed25519", "sign", "0")
-	g.addKey(alice, "cv25519", "encr", "0")
-	bob := g.genKey("Bob Example <bob@x.example>", "rsa3072", "sign", "0")
-	g.addKey(bob, "rsa3072", "encr", "0")
-	carol := g.genKey("Carol <carol@x.example>", "ed25519", "sign", "0") // no encryption subkey
+	g := pgptest.New(t)
+	alice := g.GenKey("Alice Example <alice@x.example>", "ed25519", "sign", "0")
+	g.AddKey(alice, "cv25519", "encr", "0")
+	bob := g.GenKey("Bob Example <bob@x.example>", "rsa3072", "sign", "0")
+	g.AddKey(bob, "rsa3072", "encr", "0")
+	carol := g.GenKey("Carol <carol@x.example>", "ed25519", "sign", "0") // no encryption subkey
 	// Dave's key was made in 2020 and expired a day later.
-	dave := g.genKey("Dave <dave@x.example>", "ed25519", "sign", "1d", "--faked-system-time", "20200101T000000!")
-	g.addKey(dave, "cv25519", "encr", "1d", "--faked-system-time", "20200101T000000!")
-	erin := g.genKey("Erin <erin@x.example>", "ed25519", "sign", "0")
-	g.addKey(erin, "cv25519", "encr", "0")
-	g.revoke(erin)
+	dave := g.GenKey("Dave <dave@x.example>", "ed25519", "sign", "1d", "--faked-system-time", "20200101T000000!")
+	g.AddKey(dave, "cv25519", "encr", "1d", "--faked-system-time", "20200101T000000!")
+	erin := g.GenKey("Erin <erin@x.example>", "ed25519", "sign", "0")
+	g.AddKey(erin, "cv25519", "encr", "0")
+	revoke(t, g, erin)
 
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
@@ -39,12 +41,12 @@ func TestGPGKeysFromDir(t *testing.T) {
 		}
 		return p
 	}
-	alicePath := write("alice.asc", g.export(alice, true))
-	bobPath := write("bob.gpg", g.export(bob, false))
+	alicePath := write("alice.asc", g.Export(alice, true))
+	bobPath := write("bob.gpg", g.Export(bob, false))
 	// Several armored keys in one file.
 	var multi []byte
 	for _, f := range []string{carol, dave, erin} {
-		multi = append(multi, g.export(f, true)...)
+		multi = append(multi, g.Export(f, true)...)
 	}
 	write("team.asc", multi)
 	badPath := write("broken.asc", []byte("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64 at all!!\n-----END PGP PUBLIC KEY BLOCK-----\n"))

@@ -11,6 +11,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/postern-mail/postern/certs/pgpkeys/pgptest"
 )
 
 func TestSplitPacketsFormats(t *testing.T) {
@@ -146,12 +148,12 @@ func TestUnsupportedAndWeakKeys(t *testing.T) {
 // TestEvaluateUserIDs: the user ID must carry exactly the address, and a
 // revoked user ID does not count.
 func TestEvaluateUserIDs(t *testing.T) {
-	g := newGPG(t)
-	f := g.genKey("Multi <one@p.example>", "ed25519", "sign", "0")
-	g.addKey(f, "cv25519", "encr", "0")
-	g.run(nil, "--quick-add-uid", f, "Two <two@p.example>")
-	g.run(nil, "--quick-revoke-uid", f, "Two <two@p.example>")
-	keys, err := parseKeys(g.export(f, false), "multi")
+	g := pgptest.New(t)
+	f := g.GenKey("Multi <one@p.example>", "ed25519", "sign", "0")
+	g.AddKey(f, "cv25519", "encr", "0")
+	g.Run(nil, "--quick-add-uid", f, "Two <two@p.example>")
+	g.Run(nil, "--quick-revoke-uid", f, "Two <two@p.example>")
+	keys, err := parseKeys(g.Export(f, false), "multi")
 	if err != nil || len(keys) != 1 {
 		t.Fatal(err)
 	}

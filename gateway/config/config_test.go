@@ -262,21 +262,20 @@ func TestRelativePaths(t *testing.T) {
 		t.Errorf("Dir = %q, Audit.Path = %q; want under %q", c.Dir, c.Audit.Path, want)
 	}
 
-	// SQLite DSNs: plain paths and file: URIs are resolved, :memory: is not;
-	// postgres DSNs are left alone.
+	// SQLite DSNs are plain paths, resolved against the config's folder
+	// (the store sets its own pragmas); postgres DSNs are left alone.
 	for dsn, want := range map[string]string{
-		"db/p.db":                      filepath.Join(dir, "db/p.db"),
-		"/data/p.db":                   "/data/p.db",
-		"file:db/p.db?_pragma=foo(1)":  "file:" + filepath.Join(dir, "db/p.db") + "?_pragma=foo(1)",
-		"file:/data/p.db?mode=ro":      "file:/data/p.db?mode=ro",
-		":memory:":                     ":memory:",
-		"file::memory:?cache=shared":   "file::memory:?cache=shared",
-		"file:rel.db":                  "file:" + filepath.Join(dir, "rel.db"),
-		"file:///abs/p.db?cache=share": "file:///abs/p.db?cache=share",
+		"db/p.db":    filepath.Join(dir, "db/p.db"),
+		"/data/p.db": "/data/p.db",
 	} {
 		c := mustParse(t, "storage:\n  dsn: \""+dsn+"\"\n", dir)
 		if c.Storage.DSN != want {
 			t.Errorf("dsn %q resolved to %q, want %q", dsn, c.Storage.DSN, want)
+		}
+	}
+	for _, dsn := range []string{"file:rel.db", "file:/data/p.db?mode=ro", ":memory:", "p.db?cache=shared"} {
+		if _, err := Parse([]byte("storage:\n  dsn: \""+dsn+"\"\n"), "c.yaml", dir); err == nil || !strings.Contains(err.Error(), "plain file path") {
+			t.Errorf("sqlite dsn %q: want a 'plain file path' problem, got %v", dsn, err)
 		}
 	}
 	c = mustParse(t, "storage: {driver: postgres, dsn: \"host=db dbname=postern\"}\n", dir)

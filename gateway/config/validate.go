@@ -85,8 +85,12 @@ func (d *decoder) finish() {
 	case "sqlite":
 		if c.Storage.DSN == "" {
 			d.addf(d.firstLine("storage.dsn", "storage"), "storage.dsn: must not be empty")
-		} else if p := sqlitePath(c.Storage.DSN); p != "" {
-			d.creatableFile("storage.dsn", p)
+		} else if strings.HasPrefix(c.Storage.DSN, "file:") || strings.Contains(c.Storage.DSN, "?") || c.Storage.DSN == ":memory:" {
+			// The store sets its own pragmas (WAL, synchronous=FULL,
+			// secure_delete): a plain path only.
+			d.addf(d.firstLine("storage.dsn", "storage"), "storage.dsn: for sqlite, a plain file path (no file: URI, query or :memory:), got %q", truncate(c.Storage.DSN))
+		} else {
+			d.creatableFile("storage.dsn", c.Storage.DSN)
 		}
 	}
 	if c.Audit.Path == "" {
@@ -164,38 +168,10 @@ func (c *Config) resolve(p string) string {
 // resolveSQLite resolves the path in a SQLite DSN: a plain path, or a
 // "file:" URI whose path part is relative. ":memory:" stays.
 func (c *Config) resolveSQLite(dsn string) string {
-	if dsn == "" || dsn == ":memory:" {
-		return dsn
+	if dsn == "" || strings.HasPrefix(dsn, "file:") || strings.Contains(dsn, "?") || dsn == ":memory:" {
+		return dsn // refused by validation: a plain path only
 	}
-	rest, ok := strings.CutPrefix(dsn, "file:")
-	if !ok {
-		return c.resolve(dsn)
-	}
-	p, query, hasQuery := strings.Cut(rest, "?")
-	if p == "" || p == ":memory:" || strings.HasPrefix(p, "//") || filepath.IsAbs(p) {
-		return dsn
-	}
-	out := "file:" + c.resolve(p)
-	if hasQuery {
-		out += "?" + query
-	}
-	return out
-}
-
-// sqlitePath returns the file a resolved SQLite DSN names, "" for none.
-func sqlitePath(dsn string) string {
-	if dsn == ":memory:" {
-		return ""
-	}
-	rest, ok := strings.CutPrefix(dsn, "file:")
-	if !ok {
-		return dsn
-	}
-	p, _, _ := strings.Cut(rest, "?")
-	if p == "" || p == ":memory:" || !filepath.IsAbs(p) {
-		return ""
-	}
-	return p
+	return c.resolve(dsn)
 }
 
 // hostPort checks a "host:port" address. An empty host (":25", all

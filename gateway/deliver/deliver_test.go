@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 	"github.com/postern-mail/postern/gateway/dnsr"
+	"github.com/postern-mail/postern/internal/testpki"
 )
 
 // mx publishes domain with a single MX mxHost at ip, routed to realAddr.
@@ -27,12 +28,12 @@ func (e *env) mx(domain, mxHost, ip, realAddr string) {
 
 func TestVerifyValidCertificate(t *testing.T) {
 	e := newEnv(t)
-	ca := newCA(t)
-	cert := ca.issue(t, "mx1.verify.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	cert := ca.Server(t, "mx1.verify.test")
 	rcv := startReceiver(t, rcvConfig{cert: &cert})
 	e.mx("verify.test", "mx1.verify.test", "127.0.0.2", rcv.addr)
 
-	tr := &MX{Opt: e.options(ca.pool())}
+	tr := &MX{Opt: e.options(ca.Pool())}
 	res := one(t, tr.Deliver(ctxT(t), request(LevelVerify, testBody, "b@verify.test")))
 	if res.Outcome != Delivered {
 		t.Fatalf("outcome %v (%s %s), want delivered", res.Outcome, res.Status, res.Response)
@@ -57,15 +58,15 @@ func TestVerifyValidCertificate(t *testing.T) {
 }
 
 func TestVerifyRefusesBadCertificate(t *testing.T) {
-	ca := newCA(t)
-	other := newCA(t)
+	ca := testpki.NewCA(t, "deliver test CA")
+	other := testpki.NewCA(t, "deliver test CA")
 	cases := []struct {
 		name string
 		cert func() tls.Certificate
 	}{
-		{"wrong name", func() tls.Certificate { return ca.issue(t, "other.test") }},
-		{"untrusted issuer", func() tls.Certificate { return other.issue(t, "mx1.bad.test") }},
-		{"self-signed", func() tls.Certificate { return selfSigned(t, "mx1.bad.test") }},
+		{"wrong name", func() tls.Certificate { return ca.Server(t, "other.test") }},
+		{"untrusted issuer", func() tls.Certificate { return other.Server(t, "mx1.bad.test") }},
+		{"self-signed", func() tls.Certificate { return testpki.SelfSigned(t, "mx1.bad.test") }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -74,7 +75,7 @@ func TestVerifyRefusesBadCertificate(t *testing.T) {
 			rcv := startReceiver(t, rcvConfig{cert: &cert})
 			e.mx("bad.test", "mx1.bad.test", "127.0.0.2", rcv.addr)
 
-			tr := &MX{Opt: e.options(ca.pool())}
+			tr := &MX{Opt: e.options(ca.Pool())}
 			res := one(t, tr.Deliver(ctxT(t), request(LevelVerify, testBody, "b@bad.test")))
 			if res.Outcome != TLSUnavailable || res.Status != "4.7.5" {
 				t.Errorf("outcome %v %s (%s), want tls-unavailable 4.7.5", res.Outcome, res.Status, res.Response)
@@ -91,11 +92,11 @@ func TestVerifyRefusesBadCertificate(t *testing.T) {
 
 func TestEncryptAcceptsSelfSigned(t *testing.T) {
 	e := newEnv(t)
-	cert := selfSigned(t, "mx1.enc.test")
+	cert := testpki.SelfSigned(t, "mx1.enc.test")
 	rcv := startReceiver(t, rcvConfig{cert: &cert})
 	e.mx("enc.test", "mx1.enc.test", "127.0.0.2", rcv.addr)
 
-	tr := &MX{Opt: e.options(newCA(t).pool())}
+	tr := &MX{Opt: e.options(testpki.NewCA(t, "deliver test CA").Pool())}
 	res := one(t, tr.Deliver(ctxT(t), request(LevelEncrypt, testBody, "b@enc.test")))
 	if res.Outcome != Delivered {
 		t.Fatalf("outcome %v (%s), want delivered", res.Outcome, res.Response)
@@ -141,7 +142,7 @@ func TestNoSTARTTLS(t *testing.T) {
 
 func TestLevelNoneDoesNotTrySTARTTLS(t *testing.T) {
 	e := newEnv(t)
-	cert := selfSigned(t, "mx1.none.test")
+	cert := testpki.SelfSigned(t, "mx1.none.test")
 	rcv := startReceiver(t, rcvConfig{cert: &cert})
 	e.mx("none.test", "mx1.none.test", "127.0.0.2", rcv.addr)
 	tr := &MX{Opt: e.options(nil)}
@@ -161,7 +162,7 @@ func TestUnsupportedLevelFailsClosed(t *testing.T) {
 	for _, level := range []string{"dane", "mta-sts", ""} {
 		t.Run("mx/"+level, func(t *testing.T) {
 			e := newEnv(t)
-			cert := selfSigned(t, "mx1.strict.test")
+			cert := testpki.SelfSigned(t, "mx1.strict.test")
 			rcv := startReceiver(t, rcvConfig{cert: &cert})
 			e.mx("strict.test", "mx1.strict.test", "127.0.0.2", rcv.addr)
 			tr := &MX{Opt: e.options(nil)}
@@ -335,8 +336,8 @@ func TestDSNParametersOmittedWithoutExtension(t *testing.T) {
 }
 
 func TestRequireTLS(t *testing.T) {
-	ca := newCA(t)
-	cert := ca.issue(t, "mx1.rt.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	cert := ca.Server(t, "mx1.rt.test")
 	for _, tc := range []struct {
 		name  string
 		cfg   rcvConfig
@@ -344,13 +345,13 @@ func TestRequireTLS(t *testing.T) {
 		roots *x509.CertPool
 		want  Outcome
 	}{
-		{"hop without REQUIRETLS", rcvConfig{cert: &cert}, LevelVerify, ca.pool(), Permanent},
+		{"hop without REQUIRETLS", rcvConfig{cert: &cert}, LevelVerify, ca.Pool(), Permanent},
 		// RFC 8689: REQUIRETLS needs a verified session whatever the level.
-		{"unverified session", rcvConfig{cert: &cert, requireTLS: true}, LevelEncrypt, newCA(t).pool(), Permanent},
-		{"no TLS at all", rcvConfig{requireTLS: true}, LevelOpportunistic, ca.pool(), Permanent},
+		{"unverified session", rcvConfig{cert: &cert, requireTLS: true}, LevelEncrypt, testpki.NewCA(t, "deliver test CA").Pool(), Permanent},
+		{"no TLS at all", rcvConfig{requireTLS: true}, LevelOpportunistic, ca.Pool(), Permanent},
 		// RFC 8689 §4.2.1: PKIX alone is not enough; DANE and MTA-STS
 		// cases are in security_test.go.
-		{"pkix-verified hop with REQUIRETLS", rcvConfig{cert: &cert, requireTLS: true}, LevelVerify, ca.pool(), Permanent},
+		{"pkix-verified hop with REQUIRETLS", rcvConfig{cert: &cert, requireTLS: true}, LevelVerify, ca.Pool(), Permanent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -470,9 +471,9 @@ func TestOpenFailureIsTemporary(t *testing.T) {
 }
 
 func TestRelay(t *testing.T) {
-	ca := newCA(t)
-	relayCert := ca.issue(t, "relay.test")
-	mxCert := ca.issue(t, "mx1.one.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	relayCert := ca.Server(t, "relay.test")
+	mxCert := ca.Server(t, "mx1.one.test")
 
 	// world: relay.test is the smart host; one.test's MX is probed only.
 	world := func(t *testing.T, relayCfg, mxCfg rcvConfig) (*env, *receiver, *receiver) {
@@ -486,7 +487,7 @@ func TestRelay(t *testing.T) {
 
 	t.Run("verified relay, probed recipient MX", func(t *testing.T) {
 		e, relay, mx := world(t, rcvConfig{cert: &relayCert}, rcvConfig{cert: &mxCert})
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
+		tr := &Relay{Opt: e.options(ca.Pool()), Addr: "relay.test:25", Level: LevelVerify}
 		for range 2 {
 			rs := tr.Deliver(ctxT(t), request(LevelVerify, testBody, "b@one.test", "c@one.test"))
 			for _, r := range rs {
@@ -506,7 +507,7 @@ func TestRelay(t *testing.T) {
 	})
 	t.Run("recipient MX fails the level", func(t *testing.T) {
 		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{})
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
+		tr := &Relay{Opt: e.options(ca.Pool()), Addr: "relay.test:25", Level: LevelVerify}
 		res := one(t, tr.Deliver(ctxT(t), request(LevelVerify, testBody, "b@one.test")))
 		if res.Outcome != TLSUnavailable {
 			t.Errorf("got %+v, want tls-unavailable", res)
@@ -517,7 +518,7 @@ func TestRelay(t *testing.T) {
 	})
 	t.Run("dane level, domain without TLSA", func(t *testing.T) {
 		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{cert: &mxCert})
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
+		tr := &Relay{Opt: e.options(ca.Pool()), Addr: "relay.test:25", Level: LevelVerify}
 		res := one(t, tr.Deliver(ctxT(t), request("dane", testBody, "b@one.test")))
 		if res.Outcome != TLSUnavailable || len(relay.messages()) != 0 {
 			t.Errorf("got %+v, %d messages; want tls-unavailable, nothing sent", res, len(relay.messages()))
@@ -527,7 +528,7 @@ func TestRelay(t *testing.T) {
 	// retry, do not fall through.
 	t.Run("relay fails relay_tls", func(t *testing.T) {
 		e, relay, _ := world(t, rcvConfig{}, rcvConfig{cert: &mxCert})
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelVerify}
+		tr := &Relay{Opt: e.options(ca.Pool()), Addr: "relay.test:25", Level: LevelVerify}
 		res := one(t, tr.Deliver(ctxT(t), request(LevelOpportunistic, testBody, "b@one.test")))
 		if res.Outcome != Temporary || len(relay.messages()) != 0 {
 			t.Errorf("got %+v, want temporary and nothing sent", res)
@@ -535,7 +536,7 @@ func TestRelay(t *testing.T) {
 	})
 	t.Run("relay_tls none", func(t *testing.T) {
 		e, relay, _ := world(t, rcvConfig{cert: &relayCert}, rcvConfig{})
-		tr := &Relay{Opt: e.options(ca.pool()), Addr: "relay.test:25", Level: LevelNone}
+		tr := &Relay{Opt: e.options(ca.Pool()), Addr: "relay.test:25", Level: LevelNone}
 		res := one(t, tr.Deliver(ctxT(t), request(LevelNone, testBody, "b@one.test")))
 		if res.Outcome != Delivered || res.TLS != nil {
 			t.Errorf("got %+v, want delivered in plaintext", res)

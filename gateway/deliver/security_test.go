@@ -17,6 +17,7 @@ import (
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/mtasts"
 	"github.com/postern-mail/postern/gateway/tlsmemory"
+	"github.com/postern-mail/postern/internal/testpki"
 )
 
 // route sends dials to ip:port to realAddr.
@@ -40,18 +41,9 @@ func (e *env) tlsa(mxHost string, rr ...dnsr.TLSA) {
 	e.dns.SetAuthentic(name, true)
 }
 
-func leafOf(t *testing.T, c tls.Certificate) *x509.Certificate {
-	t.Helper()
-	x, err := x509.ParseCertificate(c.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return x
-}
-
 // eeSPKI is a "3 1 1" record for the certificate.
 func eeSPKI(t *testing.T, c tls.Certificate) dnsr.TLSA {
-	h := sha256.Sum256(leafOf(t, c).RawSubjectPublicKeyInfo)
+	h := sha256.Sum256(testpki.Leaf(t, c).RawSubjectPublicKeyInfo)
 	return dnsr.TLSA{Usage: 3, Selector: 1, MatchingType: 1, Data: h[:]}
 }
 
@@ -65,7 +57,7 @@ func daneOptions(e *env, roots *x509.CertPool) Options {
 // and no PKIX root knows it: proof that DANE, not PKIX, accepted it.
 func TestDANEEEMatch(t *testing.T) {
 	e := newEnv(t)
-	cert := selfSigned(t, "unrelated.example")
+	cert := testpki.SelfSigned(t, "unrelated.example")
 	rcv := startReceiver(t, rcvConfig{cert: &cert})
 	e.secureMX("dane.test", "mx1.dane.test", "127.0.0.2", rcv.addr)
 	e.tlsa("mx1.dane.test", eeSPKI(t, cert))
@@ -82,16 +74,16 @@ func TestDANEEEMatch(t *testing.T) {
 }
 
 func TestDANEEEMismatch(t *testing.T) {
-	ca := newCA(t)
-	cert := ca.issue(t, "mx1.dane.test") // PKIX-valid, but not what TLSA names
-	other := selfSigned(t, "mx1.dane.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	cert := ca.Server(t, "mx1.dane.test") // PKIX-valid, but not what TLSA names
+	other := testpki.SelfSigned(t, "mx1.dane.test")
 	for _, level := range []string{LevelDANE, LevelVerify, LevelEncrypt, LevelOpportunistic, LevelNone} {
 		t.Run(level, func(t *testing.T) {
 			e := newEnv(t)
 			rcv := startReceiver(t, rcvConfig{cert: &cert})
 			e.secureMX("dane.test", "mx1.dane.test", "127.0.0.2", rcv.addr)
 			e.tlsa("mx1.dane.test", eeSPKI(t, other))
-			tr := &MX{Opt: daneOptions(e, ca.pool())}
+			tr := &MX{Opt: daneOptions(e, ca.Pool())}
 			res := one(t, tr.Deliver(ctxT(t), request(level, testBody, "b@dane.test")))
 			if res.Outcome != TLSUnavailable || !strings.Contains(res.Response, "DANE") {
 				t.Errorf("got %+v, want tls-unavailable naming DANE", res)
@@ -118,16 +110,16 @@ func TestDANEStartTLSStripped(t *testing.T) {
 }
 
 func TestDANETA(t *testing.T) {
-	ca := newCA(t)
-	ta := dnsr.TLSA{Usage: 2, Selector: 0, MatchingType: 0, Data: ca.cert.Raw}
+	ca := testpki.NewCA(t, "deliver test CA")
+	ta := dnsr.TLSA{Usage: 2, Selector: 0, MatchingType: 0, Data: ca.Cert.Raw}
 	for _, tc := range []struct {
 		name string
 		cert tls.Certificate
 		want Outcome
 	}{
-		{"chain to anchor, name matches", withChain(ca.issue(t, "mx1.ta.test"), ca.cert), Delivered},
-		{"chain to anchor, wrong name", withChain(ca.issue(t, "other.test"), ca.cert), TLSUnavailable},
-		{"other anchor", withChain(newCA(t).issue(t, "mx1.ta.test"), ca.cert), TLSUnavailable},
+		{"chain to anchor, name matches", withChain(ca.Server(t, "mx1.ta.test"), ca.Cert), Delivered},
+		{"chain to anchor, wrong name", withChain(ca.Server(t, "other.test"), ca.Cert), TLSUnavailable},
+		{"other anchor", withChain(testpki.NewCA(t, "deliver test CA").Server(t, "mx1.ta.test"), ca.Cert), TLSUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -160,9 +152,9 @@ func withChain(c tls.Certificate, issuer *x509.Certificate) tls.Certificate {
 // of only those makes TLS mandatory but does not authenticate, so a dane
 // level fails, verify falls back to PKIX, and encrypt works.
 func TestDANEUnusableUsages(t *testing.T) {
-	ca := newCA(t)
-	cert := ca.issue(t, "mx1.pk.test")
-	h := sha256.Sum256(leafOf(t, cert).Raw)
+	ca := testpki.NewCA(t, "deliver test CA")
+	cert := ca.Server(t, "mx1.pk.test")
+	h := sha256.Sum256(testpki.Leaf(t, cert).Raw)
 	recs := []dnsr.TLSA{{Usage: 0, Selector: 0, MatchingType: 1, Data: h[:]}, {Usage: 1, Selector: 0, MatchingType: 1, Data: h[:]}}
 	for _, tc := range []struct {
 		level  string
@@ -177,7 +169,7 @@ func TestDANEUnusableUsages(t *testing.T) {
 		rcv := startReceiver(t, rcvConfig{cert: &cert})
 		e.secureMX("pk.test", "mx1.pk.test", "127.0.0.2", rcv.addr)
 		e.tlsa("mx1.pk.test", recs...)
-		tr := &MX{Opt: daneOptions(e, ca.pool())}
+		tr := &MX{Opt: daneOptions(e, ca.Pool())}
 		res := one(t, tr.Deliver(ctxT(t), request(tc.level, testBody, "b@pk.test")))
 		if res.Outcome != tc.want || (tc.policy != "" && (res.TLS == nil || res.TLS.Policy != tc.policy)) {
 			t.Errorf("level %s: got %+v TLS=%+v, want %v %s", tc.level, res, res.TLS, tc.want, tc.policy)
@@ -187,7 +179,7 @@ func TestDANEUnusableUsages(t *testing.T) {
 
 func TestDANETLSAServfail(t *testing.T) {
 	e := newEnv(t)
-	cert := selfSigned(t, "mx1.sf.test")
+	cert := testpki.SelfSigned(t, "mx1.sf.test")
 	rcv := startReceiver(t, rcvConfig{cert: &cert})
 	e.secureMX("sf.test", "mx1.sf.test", "127.0.0.2", rcv.addr)
 	e.dns.SetRcode("_25._tcp.mx1.sf.test", dns.RcodeServerFailure)
@@ -201,7 +193,7 @@ func TestDANETLSAServfail(t *testing.T) {
 // Without the AD bit on the MX (or on the TLSA RRset) DANE is not used:
 // not even looked up for an insecure MX.
 func TestDANENotAuthentic(t *testing.T) {
-	other := selfSigned(t, "x.test")
+	other := testpki.SelfSigned(t, "x.test")
 	for _, tc := range []struct {
 		name              string
 		mxAD, hostAD, tAD bool
@@ -212,7 +204,7 @@ func TestDANENotAuthentic(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			cert := selfSigned(t, "mx1.in.test")
+			cert := testpki.SelfSigned(t, "mx1.in.test")
 			rcv := startReceiver(t, rcvConfig{cert: &cert})
 			e.mx("in.test", "mx1.in.test", "127.0.0.2", rcv.addr)
 			e.dns.SetAuthentic("in.test", tc.mxAD)
@@ -238,7 +230,7 @@ func TestDANENotAuthentic(t *testing.T) {
 // Off by configuration: DANE not looked up even when everything is secure.
 func TestDANEDisabled(t *testing.T) {
 	e := newEnv(t)
-	cert := selfSigned(t, "mx1.off.test")
+	cert := testpki.SelfSigned(t, "mx1.off.test")
 	rcv := startReceiver(t, rcvConfig{cert: &cert})
 	e.secureMX("off.test", "mx1.off.test", "127.0.0.2", rcv.addr)
 	e.tlsa("mx1.off.test", eeSPKI(t, cert))
@@ -259,7 +251,7 @@ type stsWorld struct {
 	client *mtasts.Client
 }
 
-func newSTSWorld(t *testing.T, e *env, ca *testCA, domain, id, policy string) *stsWorld {
+func newSTSWorld(t *testing.T, e *env, ca *testpki.CA, domain, id, policy string) *stsWorld {
 	t.Helper()
 	w := &stsWorld{e: e}
 	w.policy.Store(policy)
@@ -273,7 +265,7 @@ func newSTSWorld(t *testing.T, e *env, ca *testCA, domain, id, policy string) *s
 		rw.Header().Set("Content-Type", w.ctype.Load().(string))
 		fmt.Fprint(rw, w.policy.Load().(string))
 	}))
-	cert := ca.issue(t, "mta-sts."+domain)
+	cert := ca.Server(t, "mta-sts."+domain)
 	w.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	w.srv.StartTLS()
 	t.Cleanup(w.srv.Close)
@@ -282,7 +274,7 @@ func newSTSWorld(t *testing.T, e *env, ca *testCA, domain, id, policy string) *s
 	e.dns.SetTXT("_mta-sts."+domain, "v=STSv1; id="+id+";")
 	w.client = &mtasts.Client{
 		Resolver: dnsr.NewClient(e.dns.Addr, 0),
-		Roots:    ca.pool(),
+		Roots:    ca.Pool(),
 		Store:    mtasts.DirStore{Dir: filepath.Join(t.TempDir(), "mta-sts")},
 		Dial:     e.dial,
 	}
@@ -298,9 +290,9 @@ func stsOptions(e *env, roots *x509.CertPool, w *stsWorld) Options {
 const enforcePolicy = "version: STSv1\nmode: enforce\nmx: *.sts.test\nmax_age: 86400\n"
 
 func TestMTASTSEnforce(t *testing.T) {
-	ca := newCA(t)
-	good := ca.issue(t, "mx1.sts.test")
-	bad := selfSigned(t, "mx1.sts.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	good := ca.Server(t, "mx1.sts.test")
+	bad := testpki.SelfSigned(t, "mx1.sts.test")
 
 	t.Run("listed MX, valid certificate", func(t *testing.T) {
 		e := newEnv(t)
@@ -308,7 +300,7 @@ func TestMTASTSEnforce(t *testing.T) {
 		rcv := startReceiver(t, rcvConfig{cert: &good})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
 		for _, level := range []string{LevelMTASTS, LevelVerify, LevelNone} {
-			res := one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(level, testBody, "b@sts.test")))
+			res := one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(level, testBody, "b@sts.test")))
 			if res.Outcome != Delivered || res.TLS.Policy != PolicyMTASTS || !res.TLS.Verified {
 				t.Errorf("level %s: got %+v TLS=%+v", level, res, res.TLS)
 			}
@@ -317,10 +309,10 @@ func TestMTASTSEnforce(t *testing.T) {
 	t.Run("MX not in policy", func(t *testing.T) {
 		e := newEnv(t)
 		w := newSTSWorld(t, e, ca, "sts.test", "1", enforcePolicy)
-		cert := ca.issue(t, "mx.elsewhere.test")
+		cert := ca.Server(t, "mx.elsewhere.test")
 		rcv := startReceiver(t, rcvConfig{cert: &cert})
 		e.mx("sts.test", "mx.elsewhere.test", "127.0.0.2", rcv.addr)
-		res := one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(LevelOpportunistic, testBody, "b@sts.test")))
+		res := one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(LevelOpportunistic, testBody, "b@sts.test")))
 		if res.Outcome != TLSUnavailable || !strings.Contains(res.Response, "not listed") || e.dialsTo(rcv) != 0 {
 			t.Errorf("got %+v, %d dials; want tls-unavailable without connecting", res, e.dialsTo(rcv))
 		}
@@ -330,7 +322,7 @@ func TestMTASTSEnforce(t *testing.T) {
 		w := newSTSWorld(t, e, ca, "sts.test", "1", enforcePolicy)
 		rcv := startReceiver(t, rcvConfig{cert: &bad})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-		res := one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(LevelEncrypt, testBody, "b@sts.test")))
+		res := one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(LevelEncrypt, testBody, "b@sts.test")))
 		if res.Outcome != TLSUnavailable || len(rcv.messages()) != 0 {
 			t.Errorf("got %+v; want tls-unavailable, nothing sent", res)
 		}
@@ -340,7 +332,7 @@ func TestMTASTSEnforce(t *testing.T) {
 		w := newSTSWorld(t, e, ca, "sts.test", "1", enforcePolicy)
 		rcv := startReceiver(t, rcvConfig{})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-		res := one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(LevelNone, testBody, "b@sts.test")))
+		res := one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(LevelNone, testBody, "b@sts.test")))
 		if res.Outcome != TLSUnavailable || len(rcv.messages()) != 0 {
 			t.Errorf("got %+v; want tls-unavailable, nothing sent", res)
 		}
@@ -351,7 +343,7 @@ func TestMTASTSEnforce(t *testing.T) {
 		rcv := startReceiver(t, rcvConfig{cert: &bad}) // PKIX-invalid
 		e.secureMX("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
 		e.tlsa("mx1.sts.test", eeSPKI(t, bad))
-		o := stsOptions(e, ca.pool(), w)
+		o := stsOptions(e, ca.Pool(), w)
 		o.DANE = true
 		res := one(t, (&MX{Opt: o}).Deliver(ctxT(t), request(LevelMTASTS, testBody, "b@sts.test")))
 		if res.Outcome != Delivered || res.TLS.Policy != PolicyDANE {
@@ -364,7 +356,7 @@ func TestMTASTSEnforce(t *testing.T) {
 		e.dns.SetTXT("_mta-sts.sts.test")
 		rcv := startReceiver(t, rcvConfig{cert: &good})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-		res := one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(LevelMTASTS, testBody, "b@sts.test")))
+		res := one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(LevelMTASTS, testBody, "b@sts.test")))
 		if res.Outcome != TLSUnavailable || len(rcv.messages()) != 0 {
 			t.Errorf("got %+v; want tls-unavailable", res)
 		}
@@ -372,26 +364,26 @@ func TestMTASTSEnforce(t *testing.T) {
 }
 
 func TestMTASTSTesting(t *testing.T) {
-	ca := newCA(t)
-	bad := selfSigned(t, "mx1.sts.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	bad := testpki.SelfSigned(t, "mx1.sts.test")
 	e := newEnv(t)
 	w := newSTSWorld(t, e, ca, "sts.test", "1", strings.Replace(enforcePolicy, "enforce", "testing", 1))
 	rcv := startReceiver(t, rcvConfig{cert: &bad})
 	e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-	res := one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(LevelEncrypt, testBody, "b@sts.test")))
+	res := one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(LevelEncrypt, testBody, "b@sts.test")))
 	if res.Outcome != Delivered || !strings.Contains(res.PolicyFailure, "MTA-STS (testing)") || res.TLS.Verified {
 		t.Errorf("got %+v TLS=%+v; want delivered with the failure noted", res, res.TLS)
 	}
 	// The testing policy is still a requirement for an mta-sts level.
-	res = one(t, (&MX{Opt: stsOptions(e, ca.pool(), w)}).Deliver(ctxT(t), request(LevelMTASTS, testBody, "b@sts.test")))
+	res = one(t, (&MX{Opt: stsOptions(e, ca.Pool(), w)}).Deliver(ctxT(t), request(LevelMTASTS, testBody, "b@sts.test")))
 	if res.Outcome != TLSUnavailable {
 		t.Errorf("level mta-sts: got %+v", res)
 	}
 }
 
 func TestRequireTLSPolicies(t *testing.T) {
-	ca := newCA(t)
-	good := ca.issue(t, "mx1.sts.test")
+	ca := testpki.NewCA(t, "deliver test CA")
+	good := ca.Server(t, "mx1.sts.test")
 	send := func(t *testing.T, o Options, level string) Result {
 		req := request(level, testBody, "b@sts.test")
 		req.Params.RequireTLS = true
@@ -402,7 +394,7 @@ func TestRequireTLSPolicies(t *testing.T) {
 		w := newSTSWorld(t, e, ca, "sts.test", "1", enforcePolicy)
 		rcv := startReceiver(t, rcvConfig{cert: &good, requireTLS: true})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-		res := send(t, stsOptions(e, ca.pool(), w), LevelOpportunistic)
+		res := send(t, stsOptions(e, ca.Pool(), w), LevelOpportunistic)
 		if res.Outcome != Delivered || res.TLS.Policy != PolicyMTASTS {
 			t.Fatalf("got %+v", res)
 		}
@@ -413,17 +405,17 @@ func TestRequireTLSPolicies(t *testing.T) {
 	t.Run("testing policy enforced for REQUIRETLS", func(t *testing.T) {
 		e := newEnv(t)
 		w := newSTSWorld(t, e, ca, "sts.test", "1", strings.Replace(enforcePolicy, "enforce", "testing", 1))
-		bad := selfSigned(t, "mx1.sts.test")
+		bad := testpki.SelfSigned(t, "mx1.sts.test")
 		rcv := startReceiver(t, rcvConfig{cert: &bad, requireTLS: true})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-		res := send(t, stsOptions(e, ca.pool(), w), LevelOpportunistic)
+		res := send(t, stsOptions(e, ca.Pool(), w), LevelOpportunistic)
 		if res.Outcome != Permanent || res.Status != "5.7.30" || len(rcv.messages()) != 0 {
 			t.Errorf("got %+v; want 5.7.30, nothing sent", res)
 		}
 	})
 	t.Run("dane validated, REQUIRETLS advertised", func(t *testing.T) {
 		e := newEnv(t)
-		cert := selfSigned(t, "mx1.sts.test")
+		cert := testpki.SelfSigned(t, "mx1.sts.test")
 		rcv := startReceiver(t, rcvConfig{cert: &cert, requireTLS: true})
 		e.secureMX("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
 		e.tlsa("mx1.sts.test", eeSPKI(t, cert))
@@ -434,7 +426,7 @@ func TestRequireTLSPolicies(t *testing.T) {
 	})
 	t.Run("dane validated, REQUIRETLS not advertised", func(t *testing.T) {
 		e := newEnv(t)
-		cert := selfSigned(t, "mx1.sts.test")
+		cert := testpki.SelfSigned(t, "mx1.sts.test")
 		rcv := startReceiver(t, rcvConfig{cert: &cert})
 		e.secureMX("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
 		e.tlsa("mx1.sts.test", eeSPKI(t, cert))
@@ -450,7 +442,7 @@ func TestRequireTLSPolicies(t *testing.T) {
 		e := newEnv(t)
 		rcv := startReceiver(t, rcvConfig{cert: &good, requireTLS: true})
 		e.mx("sts.test", "mx1.sts.test", "127.0.0.2", rcv.addr)
-		res := send(t, e.options(ca.pool()), LevelVerify)
+		res := send(t, e.options(ca.Pool()), LevelVerify)
 		if res.Outcome != Permanent || res.Status != "5.7.30" || e.dialsTo(rcv) != 0 {
 			t.Errorf("got %+v; want 5.7.30 without a connection", res)
 		}
@@ -458,17 +450,17 @@ func TestRequireTLSPolicies(t *testing.T) {
 }
 
 func TestDowngradeNote(t *testing.T) {
-	ca := newCA(t)
+	ca := testpki.NewCA(t, "deliver test CA")
 	e := newEnv(t)
-	good := ca.issue(t, "mx1.mem.test")
-	bad := selfSigned(t, "mx1.mem.test")
+	good := ca.Server(t, "mx1.mem.test")
+	bad := testpki.SelfSigned(t, "mx1.mem.test")
 	mem, err := tlsmemory.Open(filepath.Join(t.TempDir(), "tls-memory.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rcvGood := startReceiver(t, rcvConfig{cert: &good})
 	e.mx("mem.test", "mx1.mem.test", "127.0.0.2", rcvGood.addr)
-	o := e.options(ca.pool())
+	o := e.options(ca.Pool())
 	o.Memory = mem
 	res := one(t, (&MX{Opt: o}).Deliver(ctxT(t), request(LevelVerify, testBody, "b@mem.test")))
 	if res.Outcome != Delivered || res.Downgrade != "" {

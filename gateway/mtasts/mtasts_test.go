@@ -2,15 +2,9 @@ package mtasts
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +16,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/dnsr/dnstest"
+	"github.com/postern-mail/postern/internal/testpki"
 )
 
 func TestParse(t *testing.T) {
@@ -130,8 +125,8 @@ func newWorld(t *testing.T) (*world, *Client) {
 	}
 	t.Cleanup(func() { d.Close() })
 	w := &world{dns: d, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	cert, roots := testCert(t, "mta-sts.policy.test")
-	w.roots = roots
+	ca := testpki.NewCA(t, "ca")
+	w.roots = ca.Pool()
 	w.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w.hits.Add(1)
 		w.mu.Lock()
@@ -139,7 +134,7 @@ func newWorld(t *testing.T) (*world, *Client) {
 		w.mu.Unlock()
 		h(rw, r)
 	}))
-	w.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	w.srv.TLS = ca.ServerTLS(t, "mta-sts.policy.test")
 	w.srv.StartTLS()
 	t.Cleanup(w.srv.Close)
 	d.SetA("mta-sts.policy.test", "127.0.0.77")
@@ -148,7 +143,7 @@ func newWorld(t *testing.T) (*world, *Client) {
 	real := w.srv.Listener.Addr().String()
 	c := &Client{
 		Resolver: dnsr.NewClient(d.Addr, 2*time.Second),
-		Roots:    roots,
+		Roots:    w.roots,
 		Store:    DirStore{Dir: t.TempDir()},
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if addr != "127.0.0.77:443" {
@@ -160,28 +155,6 @@ func newWorld(t *testing.T) (*world, *Client) {
 		Now: w.clock,
 	}
 	return w, c
-}
-
-func testCert(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caT := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	caDER, err := x509.CreateCertificate(rand.Reader, caT, caT, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	lt := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, lt, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -15,6 +15,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/postern-mail/postern/certs/pgpkeys/pgptest"
 )
 
 // testMessage is a message as an MTA hands it over: trace fields first,
@@ -147,7 +149,7 @@ func checkOuterHeader(t *testing.T, h mail.Header, subject string) {
 // body and attachment byte for byte, from a SEIPDv1 (MDC) packet under
 // AES-256.
 func TestGPGDecrypts(t *testing.T) {
-	g := newGPG(t)
+	g := pgptest.New(t)
 	attachment := make([]byte, 70000)
 	rand.Read(attachment)
 	msg, inner, body := testMessage(t, attachment)
@@ -156,8 +158,8 @@ func TestGPGDecrypts(t *testing.T) {
 		{"rsa3072", "Bob RSA <bob-rsa@x.example>", "rsa3072", "rsa3072"},
 	} {
 		t.Run(kt.name, func(t *testing.T) {
-			fpr := g.genKey(kt.uid, kt.algo, "sign", kt.sub)
-			el, err := openpgp.ReadKeyRing(bytes.NewReader(g.run(nil, "--export", fpr)))
+			fpr := gpgGenKey(t, g, kt.uid, kt.algo, "sign", kt.sub)
+			el, err := openpgp.ReadKeyRing(bytes.NewReader(g.Run(nil, "--export", fpr)))
 			if err != nil || len(el) != 1 {
 				t.Fatal(err)
 			}
@@ -168,7 +170,7 @@ func TestGPGDecrypts(t *testing.T) {
 			h, asc := outerParts(t, out.Bytes())
 			checkOuterHeader(t, h, "...")
 
-			plain, status := g.decrypt(asc)
+			plain, status := gpgDecrypt(t, g, asc)
 			want := expectedPlaintext(inner, body, "...")
 			if !bytes.Equal(plain, want) {
 				t.Errorf("decrypted text differs\n got %q\nwant %q", head(plain), head(want))
@@ -222,14 +224,14 @@ func attachmentOf(t *testing.T, plain []byte) []byte {
 // TestGPGVerifiesSignature: with an organisation signing key, gpg reports a
 // good signature by it on the decrypted message (RFC 3156 §6.2).
 func TestGPGVerifiesSignature(t *testing.T) {
-	g := newGPG(t)
-	rcpt := g.genKey("Bob <bob@x.example>", "ed25519", "sign", "cv25519")
-	org := g.genKey("Example Org <secure@example.org>", "ed25519", "sign", "")
-	el, err := openpgp.ReadKeyRing(bytes.NewReader(g.run(nil, "--export", rcpt)))
+	g := pgptest.New(t)
+	rcpt := gpgGenKey(t, g, "Bob <bob@x.example>", "ed25519", "sign", "cv25519")
+	org := gpgGenKey(t, g, "Example Org <secure@example.org>", "ed25519", "sign", "")
+	el, err := openpgp.ReadKeyRing(bytes.NewReader(g.Run(nil, "--export", rcpt)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	signers, err := openpgp.ReadKeyRing(bytes.NewReader(g.run(nil, "--export-secret-keys", org)))
+	signers, err := openpgp.ReadKeyRing(bytes.NewReader(g.Run(nil, "--export-secret-keys", org)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +243,7 @@ func TestGPGVerifiesSignature(t *testing.T) {
 	h, asc := outerParts(t, out.Bytes())
 	subject := "=?UTF-8?Q?Quarterly_r=C3=A9sultats?= [secure]"
 	checkOuterHeader(t, h, subject)
-	plain, status := g.decrypt(asc)
+	plain, status := gpgDecrypt(t, g, asc)
 	if !bytes.Equal(plain, expectedPlaintext(inner, body, subject)) {
 		t.Errorf("decrypted text differs\n%q", head(plain))
 	}

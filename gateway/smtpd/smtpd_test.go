@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/postern-mail/postern/gateway/queue"
+	"github.com/postern-mail/postern/internal/testpki"
 )
 
 const simpleMsg = "From: a@example.org\r\nTo: b@x.example\r\nSubject: test\r\n\r\nhello\r\n"
@@ -204,14 +205,14 @@ func TestRequireTLS(t *testing.T) {
 }
 
 func TestClientCertNames(t *testing.T) {
-	clientCA := newCA(t, "client CA")
-	otherCA := newCA(t, "other CA")
-	outlook := clientCA.issue(t, x509.ExtKeyUsageClientAuth, "mail.protection.outlook.com")
-	wrongName := clientCA.issue(t, x509.ExtKeyUsageClientAuth, "mail.attacker.example")
-	untrusted := otherCA.issue(t, x509.ExtKeyUsageClientAuth, "mail.protection.outlook.com")
+	clientCA := testpki.NewCA(t, "client CA")
+	otherCA := testpki.NewCA(t, "other CA")
+	outlook := clientCA.Issue(t, x509.ExtKeyUsageClientAuth, "mail.protection.outlook.com")
+	wrongName := clientCA.Issue(t, x509.ExtKeyUsageClientAuth, "mail.attacker.example")
+	untrusted := otherCA.Issue(t, x509.ExtKeyUsageClientAuth, "mail.protection.outlook.com")
 
 	h := start(t, func(o *Options) {
-		o.TLS.ClientCAs = clientCA.pool
+		o.TLS.ClientCAs = clientCA.Pool()
 		o.TLS.ClientAuth = tls.VerifyClientCertIfGiven
 		o.ClientCertNames = []string{"mail.protection.outlook.com"}
 	})

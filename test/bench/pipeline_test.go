@@ -5,16 +5,10 @@ package bench
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -36,6 +30,7 @@ import (
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
 	"github.com/postern-mail/postern/gateway/smtpd"
+	"github.com/postern-mail/postern/internal/testpki"
 	"github.com/postern-mail/postern/policy"
 )
 
@@ -93,8 +88,8 @@ func startPipeline(tb testing.TB) *pipeline {
 
 	// The recipient domain's MX: DNS on loopback, STARTTLS with a
 	// certificate from a test CA that delivery trusts (level verify).
-	ca := newCA(tb)
-	recv := startReceiver(tb, ca.issue(tb, mxHost))
+	ca := testpki.NewCA(tb, "postern bench CA")
+	recv := startReceiver(tb, ca.Server(tb, mxHost))
 	dns, err := dnstest.Start()
 	if err != nil {
 		tb.Fatal(err)
@@ -115,7 +110,7 @@ func startPipeline(tb testing.TB) *pipeline {
 	}
 	m := metrics.New(q)
 	transport := &deliver.MX{Opt: deliver.Options{
-		Hostname: gwHost, Port: mxPort, Resolver: dnsr.NewClient(dns.Addr, 5*time.Second), Roots: ca.pool,
+		Hostname: gwHost, Port: mxPort, Resolver: dnsr.NewClient(dns.Addr, 5*time.Second), Roots: ca.Pool(),
 		ConnectTimeout: 10 * time.Second, CommandTimeout: time.Minute, Log: log,
 	}}
 	cour := &courier.Courier{Queue: q, Transport: transport, Policy: policy.NewHolder(policy.Default()),
@@ -130,7 +125,7 @@ func startPipeline(tb testing.TB) *pipeline {
 	}()
 
 	ingress := smtpd.New(smtpd.Options{
-		Hostname: gwHost, TLS: &tls.Config{Certificates: []tls.Certificate{ca.issue(tb, gwHost)}},
+		Hostname: gwHost, TLS: ca.ServerTLS(tb, gwHost),
 		MaxMessageBytes: 10 << 20, MaxRecipients: 100, MaxConnections: 100, MaxLineLength: 32768,
 		ReadTimeout: time.Minute, WriteTimeout: time.Minute,
 		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
@@ -296,57 +291,4 @@ func (s *rsession) Data(rd io.Reader) error {
 	}
 	s.r.count.Add(1)
 	return nil
-}
-
-// testCA issues the certificates of the receiver and the gateway.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newCA(tb testing.TB) *testCA {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "postern bench CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-func (ca *testCA) issue(tb testing.TB, host string) tls.Certificate {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
