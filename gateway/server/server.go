@@ -228,8 +228,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		MaxConnections: cfg.SMTP.MaxConnections, MaxLineLength: cfg.SMTP.MaxLineLength,
 		ReadTimeout: cfg.SMTP.ReadTimeout, WriteTimeout: cfg.SMTP.WriteTimeout,
 		AllowedNetworks: cfg.SMTP.AllowedNetworks, ClientCertNames: cfg.SMTP.ClientCertNames,
-		ClientCert: cfg.ClientCertRequired(),
-		Users:      users, SenderDomains: cfg.SMTP.SenderDomains, Queue: q, Metrics: m, Log: log,
+		ClientCert: cfg.ClientCertRequired(), Users: users, SenderDomains: cfg.SMTP.SenderDomains,
+		Queue: q, Metrics: m, Log: log,
 	})
 	smtpLn, err := net.Listen("tcp", cfg.SMTP.Listen)
 	if err != nil {
