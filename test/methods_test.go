@@ -100,6 +100,7 @@ func TestPGPRecipientGetsEncryptedCopy(t *testing.T) {
 	if dec == nil || dec["method"] != "pgp" || !strings.Contains(dec["reason"].(string), "from local") {
 		t.Fatalf("decision record: %v", dec)
 	}
+	waitFor(t, 10*time.Second, "the delivered record", func() bool { return w.findAudit("delivery", "alice@pgp.example", "delivered") != nil })
 	del := w.findAudit("delivery", "alice@pgp.example", "delivered")
 	if del == nil || del["method"] != "pgp" || !strings.Contains(del["reason"].(string), "encrypted to key") {
 		t.Fatalf("delivery record: %v", del)
@@ -196,6 +197,7 @@ func TestSMIMERecipientGetsEncryptedCopy(t *testing.T) {
 	if !bytes.Contains(info, []byte("aes-256-cbc")) || bytes.Contains(bytes.ToLower(info), []byte("des-")) {
 		t.Fatalf("content cipher is not AES-256-CBC:\n%s", info)
 	}
+	waitFor(t, 10*time.Second, "the delivered record", func() bool { return w.findAudit("delivery", "bob@smime.example", "delivered") != nil })
 	if del := w.findAudit("delivery", "bob@smime.example", "delivered"); del == nil || del["method"] != "smime" {
 		t.Fatalf("delivery record: %v", del)
 	}
