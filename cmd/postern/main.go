@@ -362,19 +362,28 @@ func openMethods(cfg *config.Config, stderr io.Writer) (*methods.Set, bool) {
 	return set, true
 }
 
-func cmdKeysLookup(args []string, stdout, stderr io.Writer) int {
-	fs, cfgPath := newFlags("keys lookup", stderr)
+// configAndArg parses "-config FILE ARG" for the commands that take one
+// argument; code is the exit status when they cannot go on.
+func configAndArg(name, argName string, args []string, stderr io.Writer) (cfg *config.Config, arg string, code int) {
+	fs, cfgPath := newFlags(name, stderr)
 	if fs.Parse(args) != nil {
-		return 2
+		return nil, "", 2
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: postern keys lookup -config FILE ADDR")
-		return 2
+		fmt.Fprintf(stderr, "usage: postern %s -config FILE %s\n", name, argName)
+		return nil, "", 2
 	}
-	addr := fs.Arg(0)
 	cfg, ok := loadConfig(*cfgPath, stderr)
 	if !ok {
-		return 1
+		return nil, "", 1
+	}
+	return cfg, fs.Arg(0), 0
+}
+
+func cmdKeysLookup(args []string, stdout, stderr io.Writer) int {
+	cfg, addr, code := configAndArg("keys lookup", "ADDR", args, stderr)
+	if cfg == nil {
+		return code
 	}
 	set, ok := openMethods(cfg, stderr)
 	if !ok {
@@ -430,18 +439,9 @@ func cmdKeysLookup(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdPortalRevoke(args []string, stdout, stderr io.Writer) int {
-	fs, cfgPath := newFlags("portal revoke", stderr)
-	if fs.Parse(args) != nil {
-		return 2
-	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: postern portal revoke -config FILE ID")
-		return 2
-	}
-	id := fs.Arg(0)
-	cfg, ok := loadConfig(*cfgPath, stderr)
-	if !ok {
-		return 1
+	cfg, id, code := configAndArg("portal revoke", "ID", args, stderr)
+	if cfg == nil {
+		return code
 	}
 	if !cfg.Portal.Enabled() {
 		fmt.Fprintf(stderr, "%s: portal.base_url is not set: no portal\n", cfg.File)
