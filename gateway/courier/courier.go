@@ -357,7 +357,7 @@ func (c *Courier) request(it *queue.Item, domain, level string, rs []*queue.Reci
 		QueueID: it.ID,
 		From:    it.Envelope.From,
 		Params: deliver.MailParams{Size: it.Size, UTF8: it.Envelope.UTF8, RequireTLS: it.Envelope.RequireTLS,
-			Ret: it.Envelope.Ret, EnvID: it.Envelope.EnvID},
+			Ret: it.Envelope.Ret, EnvID: it.Envelope.EnvID, TLSRequiredNo: it.Envelope.TLSRequiredNo},
 		Domain:   domain,
 		TLSLevel: level,
 		Open:     open,

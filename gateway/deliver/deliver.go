@@ -242,9 +242,16 @@ func walk(ctx context.Context, o *Options, req *Request, try func(hp *hostPlan, 
 	if res != nil {
 		return all(req, res.Outcome, res.Status, res.Response, "", nil)
 	}
-	sts, res := stsPolicy(ctx, o, req.Domain, req.TLSLevel)
-	if res != nil {
-		return all(req, res.Outcome, res.Status, res.Response, "", nil)
+	// RFC 8689 §5: "TLS-Required: No" relaxes the recipient's published
+	// policies, never a requirement of postern's own policy (dane and
+	// mta-sts levels come from the admin's domains: entries).
+	relax := req.Params.TLSRequiredNo && !req.Params.RequireTLS && req.TLSLevel != LevelDANE && req.TLSLevel != LevelMTASTS
+	var sts *mtasts.Policy
+	if !relax {
+		var res *Result
+		if sts, res = stsPolicy(ctx, o, req.Domain, req.TLSLevel); res != nil {
+			return all(req, res.Outcome, res.Status, res.Response, "", nil)
+		}
 	}
 	var (
 		tlsFailures, rtFailures, tried int
@@ -269,7 +276,7 @@ func walk(ctx context.Context, o *Options, req *Request, try func(hp *hostPlan, 
 			note(all(req, Temporary, "4.4.4", fmt.Sprintf("cannot resolve MX host %s: %v", h, err), h, nil))
 			continue
 		}
-		hp, res := planHost(ctx, o, h, authentic && ipRes.Authentic, sts)
+		hp, res := planHost(ctx, o, h, authentic && ipRes.Authentic && !relax, sts)
 		if res != nil {
 			note(all(req, res.Outcome, res.Status, res.Response, h, nil))
 			continue

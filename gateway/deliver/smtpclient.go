@@ -246,6 +246,10 @@ type MailParams struct {
 	RequireTLS bool
 	Ret        string
 	EnvID      string
+	// TLSRequiredNo (RFC 8689 §5, "TLS-Required: No"): do not enforce the
+	// recipient domain's published DANE or MTA-STS policy; the requested
+	// TLS level (postern's policy) still holds. Not sent as a parameter.
+	TLSRequiredNo bool
 }
 
 func (c *client) mail(from string, p MailParams) (Reply, error) {

@@ -50,6 +50,10 @@ type Envelope struct {
 	// (RFC 8460 TLS report): it bypasses the policy engine and goes out
 	// over opportunistic TLS, as RFC 8460 §5.3 asks.
 	Report bool `json:"report,omitempty"`
+	// TLSRequiredNo: the message carries "TLS-Required: No" (RFC 8689 §5)
+	// and no REQUIRETLS: recipient-published DANE/MTA-STS policies are not
+	// enforced (postern's own policy still is).
+	TLSRequiredNo bool `json:"tls_required_no,omitempty"`
 }
 
 // Recipient is the per-recipient state kept in the queue record.

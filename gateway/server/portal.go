@@ -35,7 +35,7 @@ func enqueueReport(q *queue.Queue, from string, to []string, msg []byte) error {
 	for i, a := range to {
 		rcpts[i] = &queue.Recipient{Addr: a}
 	}
-	_, err = w.Commit(queue.Envelope{From: from, Report: true}, rcpts, "", "local")
+	_, err = w.Commit(queue.Envelope{From: from, Report: true, TLSRequiredNo: true}, rcpts, "", "local")
 	return err
 }
 

@@ -55,3 +55,16 @@ func TestDuplicateRecipientCollapsed(t *testing.T) {
 		t.Fatalf("%d recipients queued, want 1", len(it.Rcpts))
 	}
 }
+
+// "TLS-Required: No" (RFC 8689 §5) is kept with the message.
+func TestTLSRequiredNoKept(t *testing.T) {
+	h := start(t, nil)
+	c := h.dial(t)
+	if _, err := send(c, "a@example.org", []string{"b@x.example"}, "From: a@example.org\r\nTLS-Required: No\r\nSubject: x\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	it, _ := h.queued(t)
+	if !it.Envelope.TLSRequiredNo {
+		t.Fatal("TLS-Required: No not recorded")
+	}
+}

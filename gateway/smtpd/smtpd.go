@@ -386,7 +386,7 @@ func (ss *session) Data(r io.Reader) error {
 		return errTempLocal
 	}
 	log := ss.log.With("queue_id", w.ID())
-	msgID, hdrFrom, err := ss.copyMessage(w, r)
+	msgID, hdrFrom, tlsRequiredNo, err := ss.copyMessage(w, r)
 	if err == nil && *ss.from == "" && len(ss.s.opt.SenderDomains) > 0 && !ss.headerFromAllowed(hdrFrom) {
 		// A null sender (bounce) carries no domain to check; its header
 		// From must then be one of ours, or MAIL FROM:<> would let anyone
@@ -409,7 +409,9 @@ func (ss *session) Data(r io.Reader) error {
 		return errTempLocal
 	}
 	env := queue.Envelope{From: *ss.from, UTF8: ss.mailOpt.UTF8, RequireTLS: ss.mailOpt.RequireTLS,
-		Ret: string(ss.mailOpt.Return), EnvID: ss.mailOpt.EnvelopeID, Body: string(ss.mailOpt.Body)}
+		Ret: string(ss.mailOpt.Return), EnvID: ss.mailOpt.EnvelopeID, Body: string(ss.mailOpt.Body),
+		// RFC 8689 §5: the header is ignored when REQUIRETLS is given.
+		TLSRequiredNo: tlsRequiredNo && !ss.mailOpt.RequireTLS}
 	it, err := w.Commit(env, ss.rcpts, msgID, ss.remote)
 	if err != nil {
 		log.Error("queue: cannot commit message", "err", err)
@@ -424,9 +426,9 @@ func (ss *session) Data(r io.Reader) error {
 // copyMessage writes our Received header, then the message, counting hops
 // and adding a Message-ID when the header has none (RFC 5321 §6.4 lets a
 // submission relay add one). It returns the message's Message-ID.
-func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (msgID, from string, err error) {
+func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (msgID, from string, tlsRequiredNo bool, err error) {
 	if _, err := io.WriteString(w, ss.received(w.ID())); err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	hops := 1 // ours
@@ -436,16 +438,16 @@ func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (msgID, from string
 		if errors.Is(err, bufio.ErrBufferFull) {
 			// An over-long header line: keep it, unparsed.
 			if _, werr := w.Write(line); werr != nil {
-				return "", "", werr
+				return "", "", false, werr
 			}
 			for errors.Is(err, bufio.ErrBufferFull) {
 				line, err = br.ReadSlice('\n')
 				if _, werr := w.Write(line); werr != nil {
-					return "", "", werr
+					return "", "", false, werr
 				}
 			}
 			if err != nil && err != io.EOF {
-				return "", "", err
+				return "", "", false, err
 			}
 			if err == io.EOF {
 				break
@@ -453,18 +455,18 @@ func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (msgID, from string
 			continue
 		}
 		if err != nil && err != io.EOF {
-			return "", "", err
+			return "", "", false, err
 		}
 		isEnd := len(line) == 0 || string(line) == "\r\n" || string(line) == "\n"
 		if isEnd {
 			if msgID == "" {
 				msgID = "<" + w.ID() + "@" + ss.s.opt.Hostname + ">"
 				if _, werr := io.WriteString(w, "Message-ID: "+msgID+"\r\n"); werr != nil {
-					return "", "", werr
+					return "", "", false, werr
 				}
 			}
 			if _, werr := w.Write(line); werr != nil {
-				return "", "", werr
+				return "", "", false, werr
 			}
 			break
 		}
@@ -483,30 +485,34 @@ func (ss *session) copyMessage(w *queue.Writer, r io.Reader) (msgID, from string
 				hops++
 				if hops > MaxHops {
 					_, _ = io.Copy(io.Discard, br)
-					return "", "", errLoop
+					return "", "", false, errLoop
 				}
 			case strings.EqualFold(strings.TrimSpace(name), "Message-ID"):
 				msgID = strings.TrimSpace(val)
 				inMsgID = true
+			case strings.EqualFold(strings.TrimSpace(name), "TLS-Required"):
+				// RFC 8689 §5: "TLS-Required: No" asks to relax
+				// recipient-published TLS policies.
+				tlsRequiredNo = strings.EqualFold(strings.TrimSpace(val), "No")
 			case strings.EqualFold(strings.TrimSpace(name), "From") && from == "":
 				from = strings.TrimSpace(val)
 				inFrom = true
 			}
 		}
 		if _, werr := w.Write(line); werr != nil {
-			return "", "", werr
+			return "", "", false, werr
 		}
 		if err == io.EOF {
 			break
 		}
 	}
 	if _, err := io.Copy(w, br); err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
 	if len(msgID) > 998 {
 		msgID = msgID[:998]
 	}
-	return msgID, from, nil
+	return msgID, from, tlsRequiredNo, nil
 }
 
 // headerFromAllowed reports whether the header From address is in
