@@ -247,6 +247,13 @@ func (c *Courier) Process(ctx context.Context, it *queue.Item) {
 	if len(failures) > 0 {
 		c.bounce(it, failures, log)
 	}
+	if allDelivered(it) {
+		// Done: the queue removes the item now. Not saving this final
+		// state saves two fsyncs per message; a crash before the removal
+		// redelivers (at worst twice, never zero times — SPEC §8). Bounces
+		// are saved, so that a crash never sends a second DSN.
+		return
+	}
 	if err := c.Queue.Save(it); err != nil {
 		log.Error("cannot save delivery state", "err", err)
 	}
@@ -271,6 +278,15 @@ func (c *Courier) portalID(method string) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+func allDelivered(it *queue.Item) bool {
+	for _, r := range it.Rcpts {
+		if r.State != queue.Delivered {
+			return false
+		}
+	}
+	return true
 }
 
 // decide takes the policy decision for recipients not yet decided and

@@ -8,6 +8,7 @@ package deliver
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -145,6 +146,9 @@ type Options struct {
 	ConnectTimeout time.Duration
 	CommandTimeout time.Duration
 	Log            *slog.Logger
+	// Sessions caches TLS sessions for resumption (RFC 8446 §2.2); the
+	// peer is still verified (DANE, MTA-STS, PKIX) on every connection.
+	Sessions tls.ClientSessionCache
 	// Dial may replace net.Dialer for tests; nil means net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DANE enables TLSA look-ups (delivery.dane); they are trusted only

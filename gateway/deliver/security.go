@@ -169,6 +169,7 @@ func negotiateTLS(c *client, o *Options, hp *hostPlan, level string, requireTLS 
 	cfg := &tls.Config{
 		ServerName:         host,
 		MinVersion:         tls.VersionTLS12,
+		ClientSessionCache: o.Sessions,
 		InsecureSkipVerify: true, // verified below, so the outcome can be recorded
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if hp.useDANE() {

@@ -130,7 +130,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	opt := deliver.Options{Hostname: cfg.Hostname, Port: cfg.Delivery.Port, Resolver: NewResolver(cfg), Roots: roots,
-		ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, Log: log, DANE: cfg.Delivery.DANE}
+		ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, Log: log, DANE: cfg.Delivery.DANE,
+		Sessions: tls.NewLRUClientSessionCache(1024)}
 	// Transport-security state lives beside the queue (local to the node).
 	if cfg.Delivery.MTASTS {
 		sts := &mtasts.Client{Resolver: opt.Resolver, Roots: roots,

@@ -6,9 +6,15 @@
 #   sudo ./test/bench/postfix_compare.sh            # N=2000, sessions 1 and 8
 #   N=500 SESSIONS="1 4" REPEAT=2 ./test/bench/postfix_compare.sh
 #
+# Both MTAs take smtp-source's messages over plain SMTP on loopback, queue
+# them durably and relay them over STARTTLS (level encrypt) to tlssink, a
+# small go-smtp receiver built here, which counts them; the clock stops when
+# it has all of them. NOCACHE=0 skips the extra Postfix runs without its TLS
+# session cache.
+#
 # Needs root: it installs the Debian package postfix when missing (for
-# postfix and smtp-source) and runs a throwaway Postfix instance
-# whose config and queue live in a temporary folder. Everything it starts is
+# postfix and smtp-source) and runs a throwaway Postfix instance whose
+# config and queue live in a temporary folder. Everything it starts is
 # stopped, and the folder removed, on exit (KEEP=1 keeps the folder).
 set -euo pipefail
 
@@ -83,8 +89,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Work on the same disk as a real queue would (not tmpfs): fsync cost is
-# most of what is measured.
+# Queues and logs go under TMPDIR (default /tmp). fsync cost is much of
+# what is measured, so keep it on a real disk, not tmpfs: the file system
+# type is printed with the results.
 T=$(mktemp -d "${TMPDIR:-/tmp}/postfix-compare.XXXXXX")
 chmod 755 "$T" # Postfix daemons drop to user postfix
 
@@ -112,8 +119,12 @@ if ! [ -x /usr/sbin/postfix ] || ! [ -x /usr/sbin/smtp-source ]; then
 	fi
 	# The package must not leave a system MTA behind: disable the unit
 	# and stop a master the install started.
-	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-		systemctl disable --now postfix.service >/dev/null 2>&1 || true
+	if command -v systemctl >/dev/null; then
+		if [ -d /run/systemd/system ]; then
+			systemctl disable --now postfix.service >/dev/null 2>&1 || true
+		else
+			systemctl disable postfix.service >/dev/null 2>&1 || true # offline: removes the links
+		fi
 	fi
 	after=$(system_master_pid)
 	if [ -n "$after" ] && [ "$after" != "$before" ]; then
@@ -528,6 +539,7 @@ pf_pid=$(pf_master_pid)
 # --- runs ------------------------------------------------------------------
 
 tck=$(getconf CLK_TCK)
+keep="; logs in $T (KEEP=1 keeps them)"
 results=()
 declare -A seen # label: connections and TLS seen at the sink, first run
 seen_lines=()
@@ -558,15 +570,11 @@ run() {
 			wait "$src_pid" || rc=$?
 			src_pid=""
 			if [ "$rc" -ne 0 ]; then
-				log "$mta: smtp-source failed (exit $rc): $(tail -c 300 "$T/source.$mta.$sessions.log")"
-				failed=1
-				return 0
+				die "$mta: smtp-source failed (exit $rc): $(tail -c 300 "$T/source.$mta.$sessions.log")$keep"
 			fi
 		fi
 		if [ "$(now_ns)" -gt "$deadline" ]; then
-			log "$mta, $sessions sessions: sink got $((c - base)) of $n in ${RUN_LIMIT}s"
-			failed=1
-			return 0
+			die "$mta, $sessions sessions: sink got $((c - base)) of $n in ${RUN_LIMIT}s$keep"
 		fi
 		sleep 0.02
 	done
@@ -574,10 +582,7 @@ run() {
 	if [ -n "$src_pid" ]; then
 		wait "$src_pid" || rc=$?
 		src_pid=""
-		[ "$rc" -eq 0 ] || {
-			log "$mta: smtp-source exit $rc"
-			failed=1
-		}
+		[ "$rc" -eq 0 ] || die "$mta: smtp-source exit $rc$keep"
 	fi
 	# CPU is read once the MTA has also finished its bookkeeping (queue
 	# files removed, audit written): at most 30 s more.
@@ -586,16 +591,10 @@ run() {
 		[ "$left" -eq 0 ] && break
 		sleep 0.1
 	done
-	[ "$left" -eq 0 ] || {
-		log "$mta: $left messages still queued"
-		failed=1
-	}
+	[ "$left" -eq 0 ] || die "$mta: $left messages still queued$keep"
 	cpu1=$(tree_cpu_ticks "$root")
 	got=$(($(sink_count) - base))
-	[ "$got" -eq "$n" ] || {
-		log "$mta: sink got $got messages, want $n"
-		failed=1
-	}
+	[ "$got" -eq "$n" ] || die "$mta: sink got $got messages, want $n$keep"
 	[ -n "$warm" ] && return 0
 	if [ -z "${seen[$label]:-}" ]; then
 		seen[$label]="$label: $got messages over $(($(sink_field sess) - sess0)) connections; at the sink: $(tail -n +$((tls0 + 1)) "$T/tls.log" |
@@ -603,6 +602,7 @@ run() {
 		seen_lines+=("${seen[$label]}")
 		log "${seen[$label]}"
 	fi
+	printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$sessions" "$n" $((t1 - t0)) $((cpu1 - cpu0)) >>"$T/rows"
 	results+=("$(awk -v m="$label" -v s="$sessions" -v n="$n" -v dt=$((t1 - t0)) -v c=$((cpu1 - cpu0)) -v k="$tck" \
 		'BEGIN { sec = dt / 1e9; printf "| %s | %d | %d | %.2f | %.0f | %.2f |", m, s, n, sec, n / sec, c / k }')")
 	log "${results[-1]}"
@@ -611,7 +611,6 @@ run() {
 log "warm-up: $WARMUP messages through each MTA"
 run postern postern "$pn_port" "$postern_pid" 2 "$WARMUP" warm
 run postfix postfix "$pf_port" "$pf_pid" 2 "$WARMUP" warm
-[ "$failed" -eq 0 ] || die "warm-up failed; logs in $T (KEEP=1 keeps them)"
 probes_warm=$(grep -c 'probe connection' "$T/sink.log" || true)
 
 for _ in $(seq "$REPEAT"); do
@@ -661,11 +660,37 @@ echo "| MTA | sessions | messages | seconds | msgs/s | CPU seconds |"
 echo "|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
 echo
-echo "postern audit log: $records records, $(cat "$T/pn/verify.log")"
+if [ "$REPEAT" -gt 1 ]; then
+	echo "Median of $REPEAT runs:"
+	echo
+	echo "| MTA | sessions | messages | seconds | msgs/s | CPU seconds |"
+	echo "|---|---|---|---|---|---|"
+	awk -F'\t' -v k="$tck" '
+		function median(s,    a, m, i, j, t) {
+			m = split(s, a, " ")
+			for (i = 2; i <= m; i++)
+				for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+			return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+		}
+		{
+			g = $1 "\t" $2 "\t" $3
+			if (!(g in dt)) order[++n] = g
+			dt[g] = dt[g] " " $4; cpu[g] = cpu[g] " " $5
+		}
+		END {
+			for (i = 1; i <= n; i++) {
+				split(order[i], f, "\t")
+				sec = median(dt[order[i]]) / 1e9
+				printf "| %s | %d | %d | %.2f | %.0f | %.2f |\n", f[1], f[2], f[3], sec, f[3] / sec, median(cpu[order[i]]) / k
+			}
+		}' "$T/rows"
+	echo
+fi
+echo "postern audit log: $records records; audit verify: $(sed "s|$T/pn/||" "$T/pn/verify.log")"
 echo "postern STARTTLS probes of the recipient MX: $probes_warm in the warm-up, $((probes - probes_warm)) in the timed runs"
 printf '%s\n' "${seen_lines[@]}"
 plain=$(sink_field plain)
 short=$(sink_field short)
 echo "sink: $(sink_field mesg) messages in all, $plain without TLS, $short shorter than $SIZE bytes"
-[ "$plain" -eq 0 ] && [ "$short" -eq 0 ] || failed=1
-[ "$failed" -eq 0 ] || die "some runs failed; logs in $T (KEEP=1 keeps them)"
+if [ "$plain" -ne 0 ] || [ "$short" -ne 0 ]; then failed=1; fi
+[ "$failed" -eq 0 ] || die "checks failed$keep"
