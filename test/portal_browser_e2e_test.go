@@ -4,22 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"io"
-	"io/fs"
 	"mime"
 	"mime/multipart"
 	"net/http"
 	"net/mail"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,10 +21,10 @@ import (
 	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
-	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for CHECKPOINT
-)
 
-const chromiumPath = "/usr/bin/chromium"
+	"github.com/postern-mail/postern/internal/browsertest"
+	"github.com/postern-mail/postern/internal/pgtest"
+)
 
 // TestPortalBrowserEndToEnd is issue 6's "done when", through the real
 // binary and a real browser, on both stores: a [secure] message with an
@@ -41,9 +35,7 @@ const chromiumPath = "/usr/bin/chromium"
 // threaded to the original; the audit log has the portal records; five
 // wrong passwords lock the address; nothing readable is at rest.
 func TestPortalBrowserEndToEnd(t *testing.T) {
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Skip("Chromium not installed at " + chromiumPath + " (apt-get install -y chromium)")
-	}
+	browsertest.Require(t)
 	t.Run("sqlite", func(t *testing.T) { portalBrowserE2E(t, "sqlite") })
 	t.Run("postgres", func(t *testing.T) { portalBrowserE2E(t, "postgres") })
 }
@@ -54,10 +46,10 @@ func portalBrowserE2E(t *testing.T, driver string) {
 	senderMX := w.receiver(ipSender, "mx.example.org", true)
 
 	storageSection := ""
-	var pg *e2ePostgres
+	var pg *pgtest.Cluster
 	if driver == "postgres" {
-		pg = startE2EPostgres(t)
-		storageSection = "storage:\n  driver: postgres\n  dsn: \"" + pg.dsn + "\"\n"
+		pg = pgtest.Start(t)
+		storageSection = "storage:\n  driver: postgres\n  dsn: \"" + pg.DSN(t) + "\"\n"
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
@@ -115,7 +107,7 @@ func portalBrowserE2E(t *testing.T, driver string) {
 	}
 
 	// The browser.
-	bctx := newChromium(t)
+	bctx := browsertest.New(t, 60*time.Second)
 	downloads := t.TempDir()
 	done := make(chan string, 1)
 	if err := chromedp.ListenBrowser(bctx, func(ev any) {
@@ -274,7 +266,7 @@ func portalBrowserE2E(t *testing.T, driver string) {
 	// Nothing readable at rest.
 	var files []string
 	if pg != nil {
-		files = pg.dataFiles(t)
+		files = pg.DataFiles(t)
 	} else {
 		files = []string{filepath.Join(w.dir, "var", "postern.db"), filepath.Join(w.dir, "var", "postern.db-wal")}
 	}
@@ -294,29 +286,6 @@ func portalBrowserE2E(t *testing.T, driver string) {
 	if files != nil && !seen {
 		t.Errorf("portal id %s not found in the %s files: the at-rest check sees nothing", portalID, driver)
 	}
-}
-
-// newChromium starts a headless Chromium with a fresh profile and returns
-// its context (bounded to 60 s after start).
-func newChromium(t *testing.T) context.Context {
-	t.Helper()
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromiumPath), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1100, 900),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancelA)
-	bctx, cancelB := chromedp.NewContext(actx)
-	t.Cleanup(cancelB)
-	// The first Run starts the browser; it must not carry the timeout.
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	bctx, cancelT := context.WithTimeout(bctx, 60*time.Second)
-	t.Cleanup(cancelT)
-	return bctx
 }
 
 // loginAttempt submits pw on the sign-in page in the browser and returns
@@ -398,100 +367,4 @@ func mustRun[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
 		t.Fatal(err)
 	}
 	return v
-}
-
-// e2ePostgres is a throwaway PostgreSQL cluster (same logic as
-// gateway/storage/postgres_test.go): initdb + pg_ctl from Debian's
-// postgresql package on a loopback port, run as an unprivileged user when
-// the test runs as root. POSTERN_TEST_PG_DSN, when set, is used instead.
-type e2ePostgres struct {
-	dsn, bin, data, runAs string
-}
-
-func startE2EPostgres(t *testing.T) *e2ePostgres {
-	t.Helper()
-	if dsn := os.Getenv("POSTERN_TEST_PG_DSN"); dsn != "" {
-		return &e2ePostgres{dsn: dsn}
-	}
-	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(bins) == 0 {
-		t.Skip("PostgreSQL binaries not installed (apt-get install -y postgresql) and POSTERN_TEST_PG_DSN unset")
-	}
-	pg := &e2ePostgres{bin: filepath.Dir(bins[len(bins)-1])}
-	base, err := os.MkdirTemp("", "postern-e2e-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	pg.data = filepath.Join(base, "data")
-	if os.Geteuid() == 0 {
-		pg.runAs = "postgres"
-		u, err := user.Lookup(pg.runAs)
-		if err != nil {
-			pg.runAs = "nobody"
-			if u, err = user.Lookup(pg.runAs); err != nil {
-				t.Fatalf("running as root and neither user postgres nor nobody exists: %v", err)
-			}
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chmod(base, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(base, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	port := freePort(t)
-	pg.run(t, "initdb", "-D", pg.data, "-A", "trust", "-U", "postern", "--no-sync", "-E", "UTF8")
-	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off", port, base)
-	pg.run(t, "pg_ctl", "-D", pg.data, "-o", opts, "-l", filepath.Join(base, "log"), "-w", "-t", "60", "start")
-	t.Cleanup(func() { _ = pg.command("pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop").Run() })
-	pg.dsn = fmt.Sprintf("postgres://postern@127.0.0.1:%d/postgres?sslmode=disable", port)
-	return pg
-}
-
-func (pg *e2ePostgres) command(name string, args ...string) *exec.Cmd {
-	path := filepath.Join(pg.bin, name)
-	if pg.runAs == "" {
-		return exec.Command(path, args...)
-	}
-	return exec.Command("runuser", append([]string{"-u", pg.runAs, "--", path}, args...)...)
-}
-
-func (pg *e2ePostgres) run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := pg.command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", name, err, out)
-	}
-}
-
-// dataFiles checkpoints the cluster (heap pages to disk; the WAL is
-// written at each commit) and lists the files of its data directory; nil
-// for an external server.
-func (pg *e2ePostgres) dataFiles(t *testing.T) []string {
-	t.Helper()
-	if pg.data == "" {
-		t.Log("external PostgreSQL (POSTERN_TEST_PG_DSN): data files not inspected")
-		return nil
-	}
-	db, err := sql.Open("pgx", pg.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CHECKPOINT"); err != nil {
-		t.Fatalf("checkpoint: %v", err)
-	}
-	var out []string
-	err = filepath.WalkDir(pg.data, func(path string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			out = append(out, path)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }

@@ -21,9 +21,8 @@ import (
 
 	"github.com/postern-mail/postern/gateway/portal"
 	"github.com/postern-mail/postern/gateway/storage"
+	"github.com/postern-mail/postern/internal/browsertest"
 )
-
-const chromium = "/usr/bin/chromium"
 
 const message = "From: Alice Sender <alice@example.org>\r\n" +
 	"To: bob@partner.example\r\n" +
@@ -39,9 +38,7 @@ const message = "From: Alice Sender <alice@example.org>\r\n" +
 	"The contract draft.\r\n--b--\r\n"
 
 func TestBrowserFlow(t *testing.T) {
-	if _, err := os.Stat(chromium); err != nil {
-		t.Skip("Chromium not installed at " + chromium + " (apt-get install -y chromium)")
-	}
+	browsertest.Require(t)
 	ctx := context.Background()
 	st, err := storage.Open(ctx, "sqlite", filepath.Join(t.TempDir(), "postern.db"))
 	if err != nil {
@@ -78,22 +75,7 @@ func TestBrowserFlow(t *testing.T) {
 		t.Fatalf("no link in notice:\n%s", notice.String())
 	}
 
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1100, 900),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelA()
-	bctx, cancelB := chromedp.NewContext(actx)
-	defer cancelB()
-	// The first Run starts the browser; it must not carry the timeout.
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	bctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
-	defer cancelT()
+	bctx := browsertest.New(t, 90*time.Second)
 
 	downloads := t.TempDir()
 	done := make(chan string, 1)
