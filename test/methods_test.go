@@ -23,7 +23,7 @@ import (
 
 	"github.com/postern-mail/postern/certs/pgpkeys/pgptest"
 	"github.com/postern-mail/postern/gateway/dnsr"
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 // gpgHome makes a GnuPG home with a key pair for uid (gpg's default

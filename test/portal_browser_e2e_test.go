@@ -22,8 +22,8 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
-	"github.com/postern-mail/postern/internal/browsertest"
-	"github.com/postern-mail/postern/internal/pgtest"
+	"github.com/postern-mail/postern/test/support/browsertest"
+	"github.com/postern-mail/postern/test/support/pgtest"
 )
 
 // TestPortalBrowserEndToEnd is issue 6's "done when", through the real

@@ -17,7 +17,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 // keyServer is a loopback HTTPS server standing in for every WKD and VKS

@@ -17,7 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 	"github.com/postern-mail/postern/gateway/dnsr"
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 // mx publishes domain with a single MX mxHost at ip, routed to realAddr.

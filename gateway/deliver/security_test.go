@@ -17,7 +17,7 @@ import (
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/mtasts"
 	"github.com/postern-mail/postern/gateway/tlsmemory"
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 // route sends dials to ip:port to realAddr.

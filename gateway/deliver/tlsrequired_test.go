@@ -3,7 +3,7 @@ package deliver
 import (
 	"testing"
 
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 // RFC 8689 §5: "TLS-Required: No" relaxes the recipient's published DANE

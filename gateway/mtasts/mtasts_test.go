@@ -16,7 +16,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/dnsr"
 	"github.com/postern-mail/postern/gateway/dnsr/dnstest"
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 func TestParse(t *testing.T) {

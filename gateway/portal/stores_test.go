@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/postern-mail/postern/gateway/storage"
-	"github.com/postern-mail/postern/internal/pgtest"
+	"github.com/postern-mail/postern/test/support/pgtest"
 )
 
 // The portal's handler tests run against both stores (SPEC §9): embedded

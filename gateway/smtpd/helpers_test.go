@@ -22,7 +22,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 const testHost = "gw.test"

@@ -5,7 +5,7 @@ import (
 	"crypto/x509"
 	"testing"
 
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 // smtp.client_ca alone (no client_cert_names) still requires a verified

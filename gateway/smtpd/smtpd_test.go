@@ -19,7 +19,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/postern-mail/postern/gateway/queue"
-	"github.com/postern-mail/postern/internal/testpki"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 const simpleMsg = "From: a@example.org\r\nTo: b@x.example\r\nSubject: test\r\n\r\nhello\r\n"

@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/postern-mail/postern/internal/pgtest"
+	"github.com/postern-mail/postern/test/support/pgtest"
 )
 
 // TestPostgresConformance runs the shared suite against a real server

@@ -30,8 +30,8 @@ import (
 	"github.com/postern-mail/postern/gateway/metrics"
 	"github.com/postern-mail/postern/gateway/queue"
 	"github.com/postern-mail/postern/gateway/smtpd"
-	"github.com/postern-mail/postern/internal/testpki"
 	"github.com/postern-mail/postern/policy"
+	"github.com/postern-mail/postern/test/support/testpki"
 )
 
 const (

@@ -21,7 +21,7 @@ import (
 
 	"github.com/postern-mail/postern/gateway/portal"
 	"github.com/postern-mail/postern/gateway/storage"
-	"github.com/postern-mail/postern/internal/browsertest"
+	"github.com/postern-mail/postern/test/support/browsertest"
 )
 
 const message = "From: Alice Sender <alice@example.org>\r\n" +
