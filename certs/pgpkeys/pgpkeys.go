@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
+
+	"github.com/postern-mail/postern/certs/ttlcache"
 )
 
 // Key sources, as recorded in Key.Source and passed to Options.OnLookup.
@@ -101,7 +103,7 @@ type Store struct {
 	local     atomic.Pointer[localSet]
 	transport *http.Transport
 	client    *http.Client
-	cache     *cache
+	cache     *ttlcache.Cache[[]*parsedKey]
 	flight    *flightGroup
 	closeOnce sync.Once
 }
@@ -127,7 +129,7 @@ func New(opt Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	s := &Store{opt: opt, cache: newCache(), flight: newFlightGroup()}
+	s := &Store{opt: opt, cache: ttlcache.New[[]*parsedKey](maxCacheEntries), flight: newFlightGroup()}
 	s.transport, s.client = newHTTPClient(opt)
 	if err := s.Reload(); err != nil {
 		return nil, err
@@ -302,7 +304,7 @@ func anyUsable(keys []Key) bool {
 func (s *Store) remote(ctx context.Context, source, rawAddr, addr string,
 	fetch func(context.Context, string, string) ([]*parsedKey, error)) ([]*parsedKey, error) {
 	ckey := source + "\x00" + addr
-	if keys, ok := s.cache.get(ckey, s.opt.Now()); ok {
+	if keys, ok := s.cache.Get(ckey, s.opt.Now()); ok {
 		return keys, nil
 	}
 	c := s.flight.do(ckey, func() ([]*parsedKey, error) {
@@ -317,7 +319,7 @@ func (s *Store) remote(ctx context.Context, source, rawAddr, addr string,
 				ttl = min(ttl, maxNegativeTTL)
 			}
 			now := s.opt.Now()
-			s.cache.put(ckey, keys, now, now.Add(ttl))
+			s.cache.Put(ckey, keys, now.Add(ttl), now)
 		}
 		return keys, err
 	})

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/postern-mail/postern/certs/ttlcache"
 )
 
 // ldapSizeLimit bounds the entries one search may return (RFC 4511 §4.5.1
@@ -271,40 +273,23 @@ func (l *ldapClient) close() {
 	}
 }
 
-// maxCacheEntries bounds the answer cache; beyond it expired entries are
-// dropped, then arbitrary ones.
+// maxCacheEntries bounds the answer cache (see ttlcache for eviction).
 const maxCacheEntries = 10000
-
-type cacheEntry struct {
-	entries []ldapEntry
-	expires time.Time
-}
 
 // answerCache keeps LDAP answers: positive ones (with a usable certificate)
 // for ttl, negative ones for min(ttl, MaxNegativeTTL), so a certificate
 // published to replace an expired one is seen within minutes.
 type answerCache struct {
 	ttl time.Duration
-	mu  sync.Mutex
-	m   map[string]cacheEntry
+	c   *ttlcache.Cache[[]ldapEntry]
 }
 
 func newAnswerCache(ttl time.Duration) *answerCache {
-	return &answerCache{ttl: ttl, m: map[string]cacheEntry{}}
+	return &answerCache{ttl: ttl, c: ttlcache.New[[]ldapEntry](maxCacheEntries)}
 }
 
 func (c *answerCache) get(key string, now time.Time) ([]ldapEntry, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[key]
-	if !ok {
-		return nil, false
-	}
-	if !now.Before(e.expires) {
-		delete(c.m, key)
-		return nil, false
-	}
-	return e.entries, true
+	return c.c.Get(key, now)
 }
 
 func (c *answerCache) put(key string, entries []ldapEntry, positive bool, now time.Time) {
@@ -315,26 +300,7 @@ func (c *answerCache) put(key string, entries []ldapEntry, positive bool, now ti
 	if !positive {
 		ttl = min(ttl, MaxNegativeTTL)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= maxCacheEntries {
-		for k, v := range c.m {
-			if !now.Before(v.expires) {
-				delete(c.m, k)
-			}
-		}
-		for k := range c.m {
-			if len(c.m) < maxCacheEntries {
-				break
-			}
-			delete(c.m, k)
-		}
-	}
-	c.m[key] = cacheEntry{entries: entries, expires: now.Add(ttl)}
+	c.c.Put(key, entries, now.Add(ttl), now)
 }
 
-func (c *answerCache) clear() {
-	c.mu.Lock()
-	clear(c.m)
-	c.mu.Unlock()
-}
+func (c *answerCache) clear() { c.c.Clear() }
