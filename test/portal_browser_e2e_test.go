@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
@@ -108,23 +107,7 @@ func portalBrowserE2E(t *testing.T, driver string) {
 
 	// The browser.
 	bctx := browsertest.New(t, 60*time.Second)
-	downloads := t.TempDir()
-	done := make(chan string, 1)
-	if err := chromedp.ListenBrowser(bctx, func(ev any) {
-		if e, ok := ev.(*browser.EventDownloadProgress); ok && e.State == browser.DownloadProgressStateCompleted {
-			select {
-			case done <- e.GUID:
-			default:
-			}
-		}
-	}); err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	events := true
-	if _, err := chromedp.CallBrowser(bctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
-		Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: downloads, EventsEnabled: &events}); err != nil {
-		t.Fatalf("download behaviour: %v", err)
-	}
+	downloads, done := browsertest.Downloads(t, bctx)
 
 	// Follow the link, set a password, read the message.
 	if err := chromedp.Do(bctx,

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/chromedp"
 
 	"github.com/postern-mail/postern/gateway/portal"
@@ -77,23 +76,7 @@ func TestBrowserFlow(t *testing.T) {
 
 	bctx := browsertest.New(t, 90*time.Second)
 
-	downloads := t.TempDir()
-	done := make(chan string, 1)
-	if err := chromedp.ListenBrowser(bctx, func(ev any) {
-		if e, ok := ev.(*browser.EventDownloadProgress); ok && e.State == browser.DownloadProgressStateCompleted {
-			select {
-			case done <- e.GUID:
-			default:
-			}
-		}
-	}); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	events := true
-	if _, err := chromedp.CallBrowser(bctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
-		Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: downloads, EventsEnabled: &events}); err != nil {
-		t.Fatalf("download behaviour: %v", err)
-	}
+	downloads, done := browsertest.Downloads(t, bctx)
 	err = chromedp.Do(bctx,
 		chromedp.Navigate(link),
 		chromedp.WaitVisible(chromedp.ID("password")),

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/chromedp"
 )
 
@@ -45,4 +46,29 @@ func New(tb testing.TB, timeout time.Duration) context.Context {
 	bctx, cancelT := context.WithTimeout(bctx, timeout)
 	tb.Cleanup(cancelT)
 	return bctx
+}
+
+// Downloads lets the browser save downloads into a temporary folder it
+// returns, and reports the GUID (the saved file's name in that folder) of
+// each completed download on the channel.
+func Downloads(tb testing.TB, ctx context.Context) (dir string, done <-chan string) {
+	tb.Helper()
+	dir = tb.TempDir()
+	ch := make(chan string, 1)
+	if err := chromedp.ListenBrowser(ctx, func(ev any) {
+		if e, ok := ev.(*browser.EventDownloadProgress); ok && e.State == browser.DownloadProgressStateCompleted {
+			select {
+			case ch <- e.GUID:
+			default:
+			}
+		}
+	}); err != nil {
+		tb.Fatalf("listen to the browser: %v", err)
+	}
+	events := true
+	if _, err := chromedp.CallBrowser(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
+		Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: dir, EventsEnabled: &events}); err != nil {
+		tb.Fatalf("download behaviour: %v", err)
+	}
+	return dir, ch
 }
